@@ -1,0 +1,1 @@
+"""hpmkd: knowledge distillation experiments."""
