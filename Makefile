@@ -1,0 +1,26 @@
+# uv is installed with pip when it is missing; everything else comes from uv.lock.
+UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+
+.PHONY: setup demo test test-fast bench lint clean
+
+setup:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q uv
+	$(UV) sync --frozen
+
+demo: setup  ## install, then the main job on the embedded default data (sklearn digits)
+	$(UV) run hpmkd train +strategy=kd
+
+test: setup  ## the whole test suite (skips tests that need ../shared/data when it is absent)
+	$(UV) run pytest -q
+
+test-fast: setup
+	$(UV) run pytest -q -m "not slow"
+
+bench: setup
+	$(UV) run python scripts/bench_loop.py
+
+lint: setup
+	$(UV) run ruff check hpmkd tests scripts
+
+clean:
+	rm -rf outputs multirun .pytest_cache

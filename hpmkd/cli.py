@@ -1,0 +1,161 @@
+"""`hpmkd <command>`: train (a Hydra app), models, store."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from hpmkd.errors import UserError
+
+USAGE = """usage: hpmkd <command> [args]
+
+commands:
+  train    train or distil (Hydra overrides; `hpmkd train --help` lists config groups)
+  models   list the model zoo with parameter counts
+  store    list the artifacts in the shared store
+"""
+
+
+def _quiet_libraries() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # In-memory tensor batches need no worker processes; Lightning's hint does not apply.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def _hydra_error_message(err: Exception) -> str:
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        group = (err.missing_cfg_file or "").rsplit("/", 1)
+        if len(group) == 2:
+            return f"unknown {group[0]} '{group[1]}'; valid: {', '.join(sorted(err.options))}"
+    return _one_line(str(err))
+
+
+def train(args: list[str]) -> int:
+    """Run the Hydra app with ``args`` as its command line."""
+    import hydra
+    from hydra.errors import CompactHydraException
+    from omegaconf import DictConfig
+
+    from hpmkd import config
+
+    config.setup()
+    _quiet_libraries()
+
+    @hydra.main(version_base="1.3", config_path=str(config.config_dir()), config_name="train")
+    def app(cfg: DictConfig) -> None:
+        from hpmkd.train import run_train
+
+        run_train(cfg)
+
+    # Hydra must not print its own multi-line report: user errors become one line, bugs keep
+    # their traceback.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = ["hpmkd train", *args]
+    try:
+        app()
+    except UserError as err:
+        return _fail(str(err))
+    except CompactHydraException as err:
+        return _fail(_hydra_error_message(err))
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"hpmkd: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def models(args: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hpmkd.models import build_model, count_parameters, list_models, model_info
+
+    parser = argparse.ArgumentParser(prog="hpmkd models", description="List the model zoo.")
+    parser.add_argument("--input-shape", default="3,32,32", help="per-sample shape, e.g. 3,32,32 or 64")
+    parser.add_argument("--classes", type=int, default=100)
+    opts = parser.parse_args(args)
+    shape = tuple(int(v) for v in opts.input_shape.split(","))
+    table = Table(title=f"hpmkd models (input {shape}, {opts.classes} classes)")
+    for column in ("name", "family", "params"):
+        table.add_column(column, justify="right" if column == "params" else "left")
+    for name in list_models():
+        info = model_info(name)
+        if info.needs_image and len(shape) != 3:
+            count = "needs image input"
+        else:
+            model = build_model(name, num_classes=opts.classes, input_shape=shape)
+            count = f"{count_parameters(model):,}"
+        table.add_row(name, info.family, count)
+    Console().print(table)
+    return 0
+
+
+def store(args: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hpmkd.config import register_resolvers
+    from hpmkd.store import ArtifactStore
+
+    parser = argparse.ArgumentParser(prog="hpmkd store", description="Inspect the artifact store.")
+    parser.add_argument("action", choices=["ls"])
+    parser.add_argument("--root", default=None, help="store directory (default: the config's)")
+    opts = parser.parse_args(args)
+    register_resolvers()
+    root = opts.root or _default_store_root()
+    artifacts = ArtifactStore(root).list()
+    table = Table(title=f"hpmkd store: {root} ({len(artifacts)} artifacts)")
+    for column in ("key", "arch", "data", "seed", "val acc %", "test acc %"):
+        table.add_column(column)
+    for artifact in artifacts:
+        meta = artifact.meta
+        table.add_row(
+            artifact.key[:12], str(meta.get("arch")), str(meta.get("data", ""))[:12],
+            str(meta.get("seed")), _fmt(meta.get("val_acc")), _fmt(meta.get("test_acc")),
+        )
+    Console().print(table)
+    return 0
+
+
+def _default_store_root() -> str:
+    import platformdirs
+
+    cache = os.environ.get("HPMKD_CACHE") or platformdirs.user_cache_dir("hpmkd")
+    return os.path.join(cache, "store")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+COMMANDS = {"train": train, "models": models, "store": store}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        sys.exit(_fail(f"unknown command '{command}'; valid: {', '.join(COMMANDS)}"))
+    try:
+        sys.exit(COMMANDS[command](rest))
+    except UserError as err:
+        sys.exit(_fail(str(err)))
+
+
+if __name__ == "__main__":
+    main()

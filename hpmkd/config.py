@@ -1,0 +1,91 @@
+"""Config plumbing: where the config tree lives, resolvers, generated model groups, validation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from hpmkd.errors import UserError
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def config_dir() -> Path:
+    """The `conf/` tree: beside the package in a checkout, inside it in an installed wheel."""
+    for candidate in (_PACKAGE_DIR.parent / "conf", _PACKAGE_DIR / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"hpmkd's config tree is missing (looked beside and inside {_PACKAGE_DIR})")
+
+
+def _wandb_offline() -> bool:
+    return not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") != "online"
+
+
+def register_resolvers() -> None:
+    """Resolvers used by the config tree (idempotent)."""
+    resolvers = {
+        "hpmkd_cache_dir": lambda: platformdirs.user_cache_dir("hpmkd"),
+        "hpmkd_wandb_offline": _wandb_offline,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def register_model_groups() -> None:
+    """One `teacher=<name>` and `student=<name>` option per registered model.
+
+    Generated from the model registry so that the zoo and the config groups never drift apart.
+    """
+    from hpmkd.models import list_models, model_info
+
+    store = ConfigStore.instance()
+    # Any wrn_D_W builds; these common ones are also selectable as config-group options.
+    wide_resnets = [f"wrn_{d}_{w}" for d in (10, 16, 22, 28, 40) for w in (1, 2, 4, 8, 10)]
+    for name in sorted(set(list_models()) | set(wide_resnets)):
+        params = dict(model_info(name).default_params)
+        store.store(group="student", name=name, node={"arch": name, "params": params})
+        store.store(
+            group="teacher", name=name, node={"arch": name, "params": params, "checkpoint": None}
+        )
+
+
+def setup() -> None:
+    register_resolvers()
+    register_model_groups()
+
+
+def _positive(value: object, what: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise UserError(f"{what} must be a positive number, got {value!r}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that need no data or model: fail before anything is loaded or trained."""
+    recipe = cfg.recipe
+    _positive(recipe.epochs, "recipe.epochs")
+    if not isinstance(recipe.epochs, int):
+        raise UserError(f"recipe.epochs must be a whole number, got {recipe.epochs!r}")
+    _positive(recipe.batch_size, "recipe.batch_size")
+    _positive(recipe.eval_batch_size, "recipe.eval_batch_size")
+    _positive(recipe.optimizer.get("lr"), "recipe.optimizer.lr")
+    method = cfg.get("method")
+    if method is not None:
+        _positive(method.get("temperature"), "method.temperature")
+    for role in ("student", "teacher"):
+        if cfg.get(role) is None:
+            raise UserError(f"no {role} configured; pick one with {role}=<model> (see `hpmkd models`)")
+    resume = cfg.get("resume")
+    if resume not in (True, False, None) and not isinstance(resume, str):
+        raise UserError(f"resume must be true, false or a path, got {resume!r}")
+
+
+def to_container(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Training engine: the LightningModule, fitting, evaluation; knows methods only by contract."""

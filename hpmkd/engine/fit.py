@@ -1,0 +1,127 @@
+"""One Lightning fit + test of a ``DistillModule``, returning the accuracies a run reports."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import Logger
+
+from hpmkd.data.loader import SplitsDataModule
+from hpmkd.engine.module import DistillModule
+
+log = logging.getLogger(__name__)
+
+
+class ValAccuracyHistory(Callback):
+    """Validation top-1 (%) per epoch; checkpointed so a resumed run keeps its history."""
+
+    def __init__(self) -> None:
+        self.history: list[float] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
+            return
+        self.history.append(100.0 * float(trainer.callback_metrics["val/acc"]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+
+
+@dataclass
+class FitResult:
+    """Accuracies in percent. Validation picks the best epoch; test is reported for both."""
+
+    epochs: int
+    val_history: list[float]
+    test_acc_last: float
+    test_acc_best: float | None
+    test_acc5_last: float | None
+    train_time_s: float
+    checkpoint_dir: Path
+
+    @property
+    def acc_last(self) -> float | None:
+        return self.val_history[-1] if self.val_history else None
+
+    @property
+    def acc_best(self) -> float | None:
+        return max(self.val_history) if self.val_history else None
+
+    @property
+    def best_epoch(self) -> int | None:
+        if not self.val_history:
+            return None
+        return self.val_history.index(max(self.val_history)) + 1
+
+    @property
+    def test_acc(self) -> float:
+        """The figure to report: test accuracy of the best-validation epoch (last if no val)."""
+        return self.test_acc_best if self.test_acc_best is not None else self.test_acc_last
+
+
+def fit(
+    module: DistillModule,
+    datamodule: SplitsDataModule,
+    *,
+    out_dir: Path,
+    epochs: int,
+    trainer_kwargs: Mapping[str, Any],
+    loggers: Sequence[Logger] | bool = False,
+    ckpt_path: str | None = None,
+) -> FitResult:
+    """Train, then test with the last and the best-validation weights."""
+    has_val = len(datamodule.splits.y_val) > 0
+    kwargs = dict(trainer_kwargs)
+    show_progress = kwargs.pop("enable_progress_bar", True)
+    history = ValAccuracyHistory()
+    checkpoint_dir = out_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best",
+        monitor="val/acc" if has_val else None,
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    callbacks: list[Callback] = [history, checkpoint]
+    if show_progress:
+        callbacks.append(RichProgressBar(leave=False))
+    if not has_val:
+        kwargs["limit_val_batches"] = 0
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        default_root_dir=out_dir,
+        logger=list(loggers) if loggers else False,
+        callbacks=callbacks,
+        enable_progress_bar=show_progress,
+        **kwargs,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    train_time = time.perf_counter() - start
+
+    def test(ckpt: str | None) -> Mapping[str, float]:
+        return trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+
+    last = test(None)
+    best = test("best") if has_val and checkpoint.best_model_path else None
+    top5 = last.get("test/acc_top5")
+    return FitResult(
+        epochs=trainer.current_epoch,
+        val_history=history.history,
+        test_acc_last=100.0 * last["test/acc"],
+        test_acc_best=100.0 * best["test/acc"] if best else None,
+        test_acc5_last=100.0 * top5 if top5 is not None else None,
+        train_time_s=train_time,
+        checkpoint_dir=checkpoint_dir,
+    )

@@ -1,0 +1,119 @@
+"""The one LightningModule behind every run: a student, a method, and optional frozen teachers.
+
+Plain training is the ``ce`` method with no teacher; distillation adds a teacher whose outputs
+(and tapped features) feed the method. The flow of a step reads straight down: augmented batch ->
+teacher outputs (no grad) -> student outputs -> named loss terms -> their sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from hpmkd.data.augment import BatchTransform
+from hpmkd.methods.base import DistillMethod, ModelOutputs
+from hpmkd.models import FeatureTap
+
+Batch = tuple[Tensor, Tensor, Tensor]
+
+
+class FrozenTeacher:
+    """A teacher kept outside the LightningModule's submodules.
+
+    Not registered as a child, so it is never in the optimiser, never saved in the student's
+    checkpoint and never switched back to train mode by ``module.train()``: BatchNorm keeps its
+    running statistics and dropout stays off.
+    """
+
+    def __init__(self, model: nn.Module, features: tuple[str, ...] = ()) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.tap = FeatureTap(model, features)
+
+    def to(self, device: torch.device) -> FrozenTeacher:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> ModelOutputs:
+        logits = self.model(x)
+        return ModelOutputs(logits, dict(self.tap.features))
+
+
+class DistillModule(L.LightningModule):
+    """Trains ``student`` with ``method``; ``teacher`` is required when the method needs one."""
+
+    def __init__(
+        self,
+        *,
+        student: nn.Module,
+        method: DistillMethod,
+        transform: BatchTransform,
+        num_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., object] | None = None,
+        teacher: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if method.needs_teacher and teacher is None:
+            raise ValueError(f"method '{method.name}' needs a teacher")
+        self.student = student
+        self.method = method
+        self.transform = transform
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.teacher = FrozenTeacher(teacher, method.teacher_features) if teacher else None
+        self.student_tap = FeatureTap(student, method.student_features)
+        top5 = num_classes > 10
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
+        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
+
+    def setup(self, stage: str) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    def student_outputs(self, x: Tensor) -> ModelOutputs:
+        logits = self.student(x)
+        return ModelOutputs(logits, dict(self.student_tap.features))
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        x, y, index = batch
+        x = self.transform(x, train=True)
+        teacher = self.teacher(x) if self.teacher is not None else None
+        losses = self.method(self.student_outputs(x), teacher, y, index)
+        loss = torch.stack(list(losses.values())).sum()
+        for term, value in losses.items():
+            self.log(f"train/{term}", value.detach(), on_step=False, on_epoch=True)
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch: Batch, split: str) -> None:
+        x, y, _ = batch
+        logits = self.student(self.transform(x, train=False))
+        acc = self.val_acc if split == "val" else self.test_acc
+        acc5 = self.val_acc5 if split == "val" else self.test_acc5
+        acc.update(logits, y)
+        self.log(f"{split}/acc", acc, on_step=False, on_epoch=True, prog_bar=split == "val")
+        if acc5 is not None:
+            acc5.update(logits, y)
+            self.log(f"{split}/acc_top5", acc5, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def configure_optimizers(self) -> dict:
+        optimizer = self.optimizer_factory(
+            list(self.student.parameters()) + list(self.method.parameters())
+        )
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,23 @@
+"""Cross-entropy on the labels alone: plain training, no teacher."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from hpmkd.methods.base import DistillMethod, ModelOutputs, register_method
+
+
+@register_method
+class CrossEntropy(DistillMethod):
+    name = "ce"
+    needs_teacher = False
+
+    def __init__(self, ce_weight: float = 1.0) -> None:
+        super().__init__()
+        self.ce_weight = ce_weight
+
+    def forward(
+        self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor
+    ) -> dict[str, Tensor]:
+        return {"ce": self.ce_weight * F.cross_entropy(student.logits.float(), labels)}

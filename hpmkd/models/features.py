@@ -1,0 +1,79 @@
+"""Read intermediate features of a model through persistent forward hooks.
+
+Every zoo model has ``feature_points: dict[str, tuple[str, str]]`` mapping a feature name to
+``(module_path, "input" | "output")``: the feature is the first input or the output of the
+submodule ``model.get_submodule(module_path)``. Standard names:
+
+- CNNs: ``stem``, ``stage1``..``stageN`` (after the activation), ``stageK_pre`` (the same point
+  before the last activation of the stage), ``pool`` (the flat vector fed to the classifier).
+- MLPs: ``hidden1``..``hiddenK``, ``hiddenK_pre``, ``pool``.
+
+Family docstrings state the exceptions (VGG has no stem, MobileNetV2 stages are linear).
+"""
+
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from hpmkd.errors import UserError
+
+
+class FeatureTap:
+    """Persistent forward hooks that keep the latest value of the requested features.
+
+    After each ``model(x)``, ``tap.features`` maps every requested name to its tensor from that
+    forward pass (not detached, so gradients flow). ``remove()`` or leaving a ``with`` block
+    removes the hooks. Outputs of the model are not changed.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        points: dict[str, tuple[str, str]] = getattr(model, "feature_points", {})
+        for name in names:
+            if name not in points:
+                label = getattr(model, "model_name", type(model).__name__)
+                valid = ", ".join(sorted(points)) or "(none)"
+                raise UserError(f"model '{label}' has no feature '{name}'; valid: {valid}")
+        self.features: dict[str, torch.Tensor] = {}
+        self._handles: list[RemovableHandle] = []
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return
+        self._handles.append(model.register_forward_pre_hook(self._clear))
+        by_module: dict[str, list[tuple[str, str]]] = {}
+        for name in wanted:
+            path, where = points[name]
+            by_module.setdefault(path, []).append((name, where))
+        for path, entries in by_module.items():
+            module = model.get_submodule(path)
+            self._handles.append(module.register_forward_hook(self._recorder(entries)))
+
+    def _clear(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.features.clear()
+
+    def _recorder(self, entries: list[tuple[str, str]]) -> Callable[..., None]:
+        def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            for name, where in entries:
+                self.features[name] = args[0] if where == "input" else output
+
+        return record
+
+    def remove(self) -> None:
+        """Remove all hooks; calling it again does nothing."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "FeatureTap":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()

@@ -1,0 +1,128 @@
+"""CIFAR ResNets of depth 6n+2 (He et al. 2016) built from BasicBlocks.
+
+- ``resnet{8,14,20,32,44,56,110}``: stem 16, stages 16/32/64, option-B shortcuts (1x1 conv with
+  stride + BatchNorm where the shape changes), as in the CRD benchmark zoo.
+- ``resnet8x4``, ``resnet32x4``: stem 32, stages 64/128/256, option-B shortcuts.
+- ``resnet{8,...,110}_a``: option-A shortcuts (parameter-free: subsample and zero-pad channels);
+  the module names match the public pretrained CIFAR-10 checkpoints, so they load strictly.
+
+Modules: ``conv1`` -> ``bn1`` -> ``stem_act`` -> ``layer1..3`` -> ``pool`` -> ``linear``.
+Features: ``stem``/``stem_pre``, ``stage1..3``/``stage1..3_pre`` (the last block's ``out_act``),
+``pool`` (input of ``linear``).
+"""
+
+from functools import partial
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import FeaturePoints, activation_points, conv1x1, conv3x3, init_weights
+from .registry import register_model
+
+Shortcut = Literal["A", "B"]
+
+
+class PadShortcut(nn.Module):
+    """Option-A shortcut: subsample spatially with the stride, zero-pad the new channels."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.pad_front = (out_ch - in_ch) // 2
+        self.pad_back = out_ch - in_ch - self.pad_front
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad_front, self.pad_back))
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN, plus shortcut, then ``out_act`` (hookable ReLU)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, shortcut: Shortcut) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, out_ch, stride)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(out_ch, out_ch)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module
+        if stride == 1 and in_ch == out_ch:
+            self.shortcut = nn.Identity()
+        elif shortcut == "A":
+            self.shortcut = PadShortcut(in_ch, out_ch, stride)
+        else:
+            self.shortcut = nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
+        self.out_act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.out_act(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) with three stages of n BasicBlocks; strides 1, 2, 2."""
+
+    def __init__(
+        self,
+        depth: int,
+        widths: tuple[int, int, int, int],
+        shortcut: Shortcut,
+        in_channels: int,
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        blocks = (depth - 2) // 6
+        stem, *stage_widths = widths
+        self.conv1 = conv3x3(in_channels, stem)
+        self.bn1 = nn.BatchNorm2d(stem)
+        self.stem_act = nn.ReLU()
+        in_ch = stem
+        for index, (width, stride) in enumerate(zip(stage_widths, (1, 2, 2), strict=True), 1):
+            layer = nn.Sequential(
+                *(
+                    BasicBlock(in_ch if i == 0 else width, width, stride if i == 0 else 1, shortcut)
+                    for i in range(blocks)
+                )
+            )
+            self.add_module(f"layer{index}", layer)
+            in_ch = width
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.linear = nn.Linear(in_ch, num_classes)
+        init_weights(self)
+        self.feature_points: FeaturePoints = {
+            **activation_points("stem", "stem_act"),
+            **activation_points("stage1", f"layer1.{blocks - 1}.out_act"),
+            **activation_points("stage2", f"layer2.{blocks - 1}.out_act"),
+            **activation_points("stage3", f"layer3.{blocks - 1}.out_act"),
+            "pool": ("linear", "input"),
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem_act(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(self.pool(x))
+
+
+def _build(
+    depth: int,
+    widths: tuple[int, int, int, int],
+    shortcut: Shortcut,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+) -> CifarResNet:
+    return CifarResNet(depth, widths, shortcut, input_shape[0], num_classes)
+
+
+_NARROW = (16, 16, 32, 64)
+_WIDE = (32, 64, 128, 256)
+
+for _depth in (8, 14, 20, 32, 44, 56, 110):
+    register_model(f"resnet{_depth}", "resnet_cifar")(partial(_build, _depth, _NARROW, "B"))
+    register_model(f"resnet{_depth}_a", "resnet_cifar")(partial(_build, _depth, _NARROW, "A"))
+for _depth in (8, 32):
+    register_model(f"resnet{_depth}x4", "resnet_cifar")(partial(_build, _depth, _WIDE, "B"))

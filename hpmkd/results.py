@@ -1,0 +1,98 @@
+"""results.json: what one run achieved, written atomically; and its summary table."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hpmkd.data.splits import DataSplits
+from hpmkd.io import write_json_atomic
+from hpmkd.strategies.context import StrategyResult
+
+RESULTS_FILE = "results.json"
+
+
+def versions() -> dict[str, str]:
+    packages = ("hpmkd", "torch", "lightning", "torchvision", "hydra-core")
+    return {"python": platform.python_version(), **{p: version(p) for p in packages}}
+
+
+def build_results(
+    *,
+    strategy: str,
+    result: StrategyResult,
+    data: DataSplits,
+    config: dict[str, Any],
+    seed: int,
+    wall_time_s: float,
+) -> dict[str, Any]:
+    fit = result.fit
+    teacher = result.teacher
+    ratio = teacher.params / result.student.params if teacher else None
+    return {
+        "status": "completed",
+        "strategy": strategy,
+        "method": (result.method or {}).get("name", "ce"),
+        "seed": seed,
+        "data": data.summary() | {"fingerprint": data.fingerprint()},
+        "student": asdict(result.student) | {"extra_params": result.extra_params},
+        "teacher": asdict(teacher) if teacher else None,
+        "compression_ratio": ratio,
+        "epochs": fit.epochs,
+        "acc_last": fit.acc_last,
+        "acc_best": fit.acc_best,
+        "best_epoch": fit.best_epoch,
+        "val_acc_history": fit.val_history,
+        "test_acc": fit.test_acc,
+        "test_acc_last": fit.test_acc_last,
+        "test_acc_best": fit.test_acc_best,
+        "test_acc_top5_last": fit.test_acc5_last,
+        "teacher_acc": teacher.test_acc if teacher else None,
+        "retention": fit.test_acc / teacher.test_acc if teacher and teacher.test_acc else None,
+        "train_time_s": fit.train_time_s,
+        "wall_time_s": wall_time_s,
+        "versions": versions(),
+        "config": config,
+    }
+
+
+def write_results(out_dir: Path, results: dict[str, Any]) -> Path:
+    path = out_dir / RESULTS_FILE
+    write_json_atomic(path, results)
+    return path
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def print_summary(results: dict[str, Any], path: Path, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"hpmkd train: {results['strategy']} on {results['data']['name']}")
+    for column in ("role", "model", "params", "val acc %", "test acc %", "time s", "via"):
+        table.add_column(column, justify="left" if column in ("role", "model") else "right")
+    teacher = results["teacher"]
+    if teacher:
+        source = teacher["extra"].get("source", "")
+        table.add_row(
+            "teacher", teacher["arch"], f"{teacher['params']:,}", _pct(teacher["val_acc"]),
+            _pct(teacher["test_acc"]), "", source,
+        )
+    student = results["student"]
+    table.add_row(
+        "student", student["arch"], f"{student['params']:,}", _pct(results["acc_best"]),
+        _pct(results["test_acc"]), f"{results['train_time_s']:.1f}", results["method"],
+    )
+    console.print(table)
+    if results["compression_ratio"]:
+        console.print(
+            f"compression {results['compression_ratio']:.1f}x, "
+            f"retention {100 * (results['retention'] or 0):.1f} % of the teacher's test accuracy"
+        )
+    console.print(f"results: {path}")

@@ -1,0 +1,98 @@
+"""Content-addressed artifact store shared by all runs (the seed of HPM-KD's shared memory).
+
+An artifact is a directory named by the SHA-256 of the canonical JSON of what determines it
+(for a trained model: architecture, its parameters, the data fingerprint, the recipe and the
+seed). Artifacts appear atomically (written to a temporary directory, then renamed into place)
+and a per-key file lock makes concurrent runs that need the same artifact build it only once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+SCHEMA_VERSION = 1
+META_FILE = "meta.json"
+MODEL_FILE = "model.pt"
+
+
+def content_key(kind: str, spec: Mapping[str, Any]) -> str:
+    """SHA-256 hex of ``{"kind", "schema", **spec}`` as canonical JSON (sorted keys)."""
+    payload = {"kind": kind, "schema": SCHEMA_VERSION, **spec}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    key: str
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+
+class ArtifactStore:
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).expanduser()
+
+    def _dir(self, key: str) -> Path:
+        return self.root / "objects" / key[:2] / key
+
+    def get(self, key: str) -> Artifact | None:
+        path = self._dir(key)
+        meta_file = path / META_FILE
+        if not meta_file.is_file():
+            return None
+        return Artifact(key, path, json.loads(meta_file.read_text()))
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold the per-key lock: the first holder builds the artifact, the others then reuse it."""
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_dir / f"{key}.lock")):
+            yield
+
+    def put_model(self, key: str, state_dict: Mapping[str, Any], meta: Mapping[str, Any]) -> Artifact:
+        """Store a model's weights and metadata under ``key`` (atomically; first writer wins)."""
+        staging_root = self.root / "staging"
+        staging_root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=staging_root))
+        try:
+            torch.save(dict(state_dict), staging / MODEL_FILE)
+            full_meta = {"key": key, "created": time.time(), **meta}
+            (staging / META_FILE).write_text(json.dumps(full_meta, indent=2, default=str))
+            final = self._dir(key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(staging, final)
+            except OSError:
+                if self.get(key) is None:
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        artifact = self.get(key)
+        assert artifact is not None
+        return artifact
+
+    def list(self) -> list[Artifact]:
+        objects = self.root / "objects"
+        if not objects.is_dir():
+            return []
+        found = (self.get(p.name) for p in sorted(objects.glob("*/*")))
+        return sorted((a for a in found if a is not None), key=lambda a: a.meta.get("created", 0))

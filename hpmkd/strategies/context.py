@@ -1,0 +1,157 @@
+"""What a strategy works with: the run's config, data, store, and the steps it composes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger, Logger
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from hpmkd.data.augment import BatchTransform
+from hpmkd.data.loader import SplitsDataModule
+from hpmkd.data.splits import DataSplits
+from hpmkd.engine.fit import FitResult, fit
+from hpmkd.engine.module import DistillModule
+from hpmkd.errors import UserError
+from hpmkd.methods import DistillMethod, build_method
+from hpmkd.models import FeatureTap, build_model, count_parameters
+from hpmkd.store import ArtifactStore
+
+log = logging.getLogger("hpmkd")
+
+
+@dataclass
+class ModelRecord:
+    """A trained model as results.json reports it."""
+
+    role: str
+    arch: str
+    params: int
+    val_acc: float | None = None
+    test_acc: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StrategyResult:
+    student: ModelRecord
+    fit: FitResult
+    extra_params: int = 0
+    teacher: ModelRecord | None = None
+    method: dict[str, Any] | None = None
+
+
+@dataclass
+class RunContext:
+    cfg: DictConfig
+    out_dir: Path
+    data: DataSplits
+    store: ArtifactStore
+    ckpt_path: str | None = None
+
+    @property
+    def transform(self) -> BatchTransform:
+        augment = dict(self.data.augment) if self.cfg.recipe.augment else {}
+        return BatchTransform(
+            is_image=self.data.is_image, mean=self.data.mean, std=self.data.std, **augment
+        )
+
+    @property
+    def device(self) -> torch.device:
+        wants_gpu = self.cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+        return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
+
+    def build(self, model_cfg: Mapping[str, Any]) -> nn.Module:
+        params = OmegaConf.to_container(model_cfg.get("params") or {}, resolve=True)
+        return build_model(
+            model_cfg["arch"],
+            num_classes=self.data.num_classes,
+            input_shape=tuple(self.data.input_shape),
+            **params,  # type: ignore[arg-type]
+        )
+
+    def datamodule(self) -> SplitsDataModule:
+        recipe = self.cfg.recipe
+        return SplitsDataModule(self.data, recipe.batch_size, recipe.eval_batch_size)
+
+    def loggers(self, out_dir: Path | None = None) -> list[Logger]:
+        """The configured loggers for the run itself; a plain CSV logger for nested fits."""
+        if out_dir is not None:
+            return [CSVLogger(save_dir=str(out_dir), name="csv", version="")]
+        return [hydra.utils.instantiate(node) for node in (self.cfg.logger or {}).values()]
+
+    def train(
+        self,
+        model: nn.Module,
+        method: DistillMethod,
+        *,
+        out_dir: Path,
+        teacher: nn.Module | None = None,
+        nested: bool = False,
+        ckpt_path: str | None = None,
+    ) -> FitResult:
+        """Fit ``model`` with ``method`` (and ``teacher``) under the run's recipe and trainer."""
+        check_pair(self, model, method, teacher)
+        recipe = self.cfg.recipe
+        module = DistillModule(
+            student=model,
+            method=method,
+            transform=self.transform,
+            num_classes=self.data.num_classes,
+            optimizer=hydra.utils.instantiate(recipe.optimizer),
+            scheduler=hydra.utils.instantiate(recipe.scheduler) if recipe.scheduler else None,
+            teacher=teacher,
+        )
+        return fit(
+            module,
+            self.datamodule(),
+            out_dir=out_dir,
+            epochs=recipe.epochs,
+            trainer_kwargs=OmegaConf.to_container(self.cfg.trainer, resolve=True),  # type: ignore[arg-type]
+            loggers=self.loggers(out_dir if nested else None),
+            ckpt_path=ckpt_path,
+        )
+
+    def train_plain(self, model: nn.Module, *, out_dir: Path, nested: bool = False) -> FitResult:
+        return self.train(model, build_method({"name": "ce"}), out_dir=out_dir, nested=nested)
+
+    def seed(self) -> None:
+        L.seed_everything(self.cfg.seed, workers=True, verbose=False)
+
+
+@torch.no_grad()
+def check_pair(
+    ctx: RunContext, student: nn.Module, method: DistillMethod, teacher: nn.Module | None
+) -> None:
+    """Dry forward on two samples: class counts agree, and the method builds its connectors."""
+    x = ctx.transform(ctx.data.x_train[:2], train=False)
+    was_training = student.training
+    student.eval()
+    with FeatureTap(student, method.student_features) as tap:
+        logits = student(x)
+        student_shapes = {k: v.shape for k, v in tap.features.items()}
+    student.train(was_training)
+    if teacher is None:
+        return
+    teacher.eval()
+    with FeatureTap(teacher, method.teacher_features) as tap:
+        teacher_logits = teacher(x)
+        teacher_shapes = {k: v.shape for k, v in tap.features.items()}
+    if teacher_logits.shape[1] != logits.shape[1]:
+        raise UserError(
+            f"teacher predicts {teacher_logits.shape[1]} classes but the student predicts "
+            f"{logits.shape[1]} (data '{ctx.data.name}' has {ctx.data.num_classes})"
+        )
+    method.build_connectors(student_shapes, teacher_shapes)
+
+
+def model_record(role: str, arch: str, model: nn.Module, **kwargs: Any) -> ModelRecord:
+    return ModelRecord(role=role, arch=arch, params=count_parameters(model), **kwargs)

@@ -1,0 +1,18 @@
+"""No teacher: the student learns from the labels alone (the CE baseline of every table)."""
+
+from __future__ import annotations
+
+from hpmkd.methods import build_method
+from hpmkd.strategies.context import RunContext, StrategyResult, model_record
+
+
+def run(ctx: RunContext) -> StrategyResult:
+    ctx.seed()
+    student = ctx.build(ctx.cfg.student)
+    result = ctx.train(
+        student, build_method({"name": "ce"}), out_dir=ctx.out_dir, ckpt_path=ctx.ckpt_path
+    )
+    record = model_record(
+        "student", ctx.cfg.student.arch, student, val_acc=result.acc_best, test_acc=result.test_acc
+    )
+    return StrategyResult(student=record, fit=result)
