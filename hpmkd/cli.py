@@ -52,11 +52,22 @@ def train(args: list[str]) -> int:
     config.setup()
     _quiet_libraries()
 
+    user_errors: list[UserError] = []
+
     @hydra.main(version_base="1.3", config_path=str(config.config_dir()), config_name="train")
     def app(cfg: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
         from hpmkd.train import run_train
 
-        run_train(cfg)
+        try:
+            run_train(cfg)
+        except UserError as err:
+            # A sweep member fails on its own (Hydra names it); a single run reports one line.
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise
+            user_errors.append(err)
 
     # Hydra must not print its own multi-line report: user errors become one line, bugs keep
     # their traceback.
@@ -68,7 +79,7 @@ def train(args: list[str]) -> int:
         return _fail(str(err))
     except CompactHydraException as err:
         return _fail(_hydra_error_message(err))
-    return 0
+    return _fail(str(user_errors[0])) if user_errors else 0
 
 
 def _fail(message: str) -> int:

@@ -70,12 +70,12 @@ class RunContext:
         return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
 
     def build(self, model_cfg: Mapping[str, Any]) -> nn.Module:
-        params = OmegaConf.to_container(model_cfg.get("params") or {}, resolve=True)
+        params = model_params(model_cfg)
         return build_model(
             model_cfg["arch"],
             num_classes=self.data.num_classes,
             input_shape=tuple(self.data.input_shape),
-            **params,  # type: ignore[arg-type]
+            **params,
         )
 
     def datamodule(self) -> SplitsDataModule:
@@ -151,6 +151,11 @@ def check_pair(
             f"{logits.shape[1]} (data '{ctx.data.name}' has {ctx.data.num_classes})"
         )
     method.build_connectors(student_shapes, teacher_shapes)
+
+
+def model_params(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    params = model_cfg.get("params")
+    return OmegaConf.to_container(params, resolve=True) if params else {}  # type: ignore[return-value]
 
 
 def model_record(role: str, arch: str, model: nn.Module, **kwargs: Any) -> ModelRecord:

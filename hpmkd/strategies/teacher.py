@@ -12,7 +12,7 @@ from torch import nn
 from hpmkd.engine.evaluate import accuracy
 from hpmkd.models import count_parameters, load_weights
 from hpmkd.store import content_key
-from hpmkd.strategies.context import ModelRecord, RunContext
+from hpmkd.strategies.context import ModelRecord, RunContext, model_params
 
 log = logging.getLogger("hpmkd")
 
@@ -21,7 +21,7 @@ def teacher_spec(ctx: RunContext, teacher_cfg: DictConfig) -> dict[str, Any]:
     """Everything that determines a trained teacher's weights (its store key)."""
     return {
         "arch": teacher_cfg.arch,
-        "params": OmegaConf.to_container(teacher_cfg.get("params") or {}, resolve=True),
+        "params": model_params(teacher_cfg),
         "num_classes": ctx.data.num_classes,
         "input_shape": list(ctx.data.input_shape),
         "data": ctx.data.fingerprint(),

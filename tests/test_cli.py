@@ -1,0 +1,114 @@
+"""End-to-end `hpmkd train` on tiny settings (embedded digits data, 3-epoch smoke recipe)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.slow
+
+
+def test_plain_train_writes_results_and_learns(run_cli):
+    run = run_cli("train", *TINY)
+    assert run.code == 0, run.err
+    (results,) = run.results()
+    assert results["status"] == "completed" and results["strategy"] == "plain"
+    assert results["test_acc"] > 50 and results["acc_best"] > 50  # 10 classes: chance is 10 %
+    assert results["acc_best"] >= results["acc_last"]
+    assert results["epochs"] == 3 and len(results["val_acc_history"]) == 3
+    assert results["student"]["params"] == 6570  # mlp_small on 64 inputs, 10 classes
+    assert results["config"]["recipe"]["name"] == "smoke"
+    assert results["teacher"] is None and results["compression_ratio"] is None
+    assert "hpmkd train: plain on digits" in run.out
+
+
+def test_kd_trains_teacher_once_then_reuses_it(run_cli):
+    first = run_cli("train", "+strategy=kd", *TINY)
+    assert first.code == 0, first.err
+    second = run_cli("train", "+strategy=kd", *TINY)
+    assert second.code == 0, second.err
+    a, b = second.results()
+    assert a["teacher"]["extra"]["source"] == "trained"
+    assert b["teacher"]["extra"]["source"] == "store"
+    assert a["teacher"]["extra"]["store_key"] == b["teacher"]["extra"]["store_key"]
+    first_log = (sorted(first.outputs.rglob("train.log"))[0]).read_text()
+    second_log = (sorted(second.outputs.rglob("train.log"))[1]).read_text()
+    assert "not in the store, training it first" in first_log
+    assert "reused from the store" in second_log
+    assert a["teacher_acc"] == b["teacher_acc"] > 50
+    assert b["test_acc"] > 50 and b["method"] == "kd"
+    # the same seed gives the same student whether the teacher was trained or reused
+    assert a["val_acc_history"] == b["val_acc_history"]
+    assert b["compression_ratio"] == pytest.approx(b["teacher"]["params"] / b["student"]["params"])
+
+
+def test_teacher_from_explicit_checkpoint(run_cli, tmp_path):
+    from hpmkd.models import build_model
+
+    teacher = build_model("mlp", num_classes=10, input_shape=(1, 8, 8), hidden=[32])
+    path = tmp_path / "teacher.pt"
+    torch.save(teacher.state_dict(), path)
+    run = run_cli(
+        "train", "+strategy=kd", "teacher=mlp", "teacher.params.hidden=[32]",
+        f"teacher.checkpoint={path}", *TINY,
+    )
+    assert run.code == 0, run.err
+    (results,) = run.results()
+    assert results["teacher"]["extra"] == {"source": "checkpoint", "checkpoint": str(path)}
+
+
+def test_multirun_over_seeds(run_cli):
+    run = run_cli("train", "-m", "seed=0,1", *TINY)
+    assert run.code == 0, run.err
+    results = run.results()
+    assert sorted(r["seed"] for r in results) == [0, 1]
+    assert results[0]["val_acc_history"] != results[1]["val_acc_history"]
+
+
+def test_crashed_run_resumes_from_last_checkpoint(run_cli, hpmkd_env, monkeypatch):
+    from hpmkd.engine.module import DistillModule
+
+    def crash_after_second_epoch(self):
+        if self.current_epoch == 2:
+            raise RuntimeError("simulated crash")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DistillModule, "on_train_epoch_start", crash_after_second_epoch)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_cli("train", *TINY)
+    outputs = hpmkd_env / "outputs"
+    assert list(outputs.rglob("results.json")) == []  # nothing claims success
+    assert len(list(outputs.rglob("last.ckpt"))) == 1
+    resumed = run_cli("train", "resume=true", *TINY)
+    assert resumed.code == 0, resumed.err
+    (results,) = resumed.results()
+    assert results["epochs"] == 3 and len(results["val_acc_history"]) == 3
+    run_dir = next(resumed.outputs.rglob("results.json")).parent
+    assert "resuming from" in (run_dir / "train.log").read_text()
+    # the resumed run trained only the missing third epoch (epochs count from 0)
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        trained = {row["epoch"] for row in csv.DictReader(f) if row.get("train/loss")}
+    assert trained == {"2"}
+
+
+def test_resume_without_a_matching_run_is_a_user_error(run_cli):
+    run = run_cli("train", "resume=true", *TINY)
+    assert run.code == 2
+    assert "no unfinished run with this configuration" in run.err
+
+
+def test_hydra_cfg_job_prints_config_without_running(run_cli):
+    run = run_cli("train", "+strategy=kd", "--cfg", "job")
+    assert run.code == 0
+    assert "method:" in run.out and "temperature: 4.0" in run.out
+    assert run.results() == []
+
+
+def test_models_command_lists_parameter_counts(run_cli):
+    run = run_cli("models")
+    assert run.code == 0
+    assert "resnet56" in run.out and "861,620" in run.out  # CIFAR-100 default, CRD zoo figure
