@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-import warnings
 
 from hpmkd.errors import UserError
 
@@ -17,14 +15,6 @@ commands:
   models   list the model zoo with parameter counts
   store    list the artifacts in the shared store
 """
-
-
-def _quiet_libraries() -> None:
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # In-memory tensor batches need no worker processes; Lightning's hint does not apply.
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
 def _one_line(message: str) -> str:
@@ -48,9 +38,10 @@ def train(args: list[str]) -> int:
     from omegaconf import DictConfig
 
     from hpmkd import config
+    from hpmkd.engine.fit import quiet_lightning
 
     config.setup()
-    _quiet_libraries()
+    quiet_lightning()
 
     user_errors: list[UserError] = []
 
@@ -94,7 +85,9 @@ def models(args: list[str]) -> int:
     from hpmkd.models import build_model, count_parameters, list_models, model_info
 
     parser = argparse.ArgumentParser(prog="hpmkd models", description="List the model zoo.")
-    parser.add_argument("--input-shape", default="3,32,32", help="per-sample shape, e.g. 3,32,32 or 64")
+    parser.add_argument(
+        "--input-shape", default="3,32,32", help="per-sample shape, e.g. 3,32,32 or 64"
+    )
     parser.add_argument("--classes", type=int, default=100)
     opts = parser.parse_args(args)
     shape = tuple(int(v) for v in opts.input_shape.split(","))
@@ -133,8 +126,12 @@ def store(args: list[str]) -> int:
     for artifact in artifacts:
         meta = artifact.meta
         table.add_row(
-            artifact.key[:12], str(meta.get("arch")), str(meta.get("data", ""))[:12],
-            str(meta.get("seed")), _fmt(meta.get("val_acc")), _fmt(meta.get("test_acc")),
+            artifact.key[:12],
+            str(meta.get("arch")),
+            str(meta.get("data", ""))[:12],
+            str(meta.get("seed")),
+            _fmt(meta.get("val_acc")),
+            _fmt(meta.get("test_acc")),
         )
     Console().print(table)
     return 0

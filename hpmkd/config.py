@@ -81,7 +81,9 @@ def validate(cfg: DictConfig) -> None:
         _positive(method.get("temperature"), "method.temperature")
     for role in ("student", "teacher"):
         if cfg.get(role) is None:
-            raise UserError(f"no {role} configured; pick one with {role}=<model> (see `hpmkd models`)")
+            raise UserError(
+                f"no {role} configured; pick one with {role}=<model> (see `hpmkd models`)"
+            )
     resume = cfg.get("resume")
     if resume not in (True, False, None) and not isinstance(resume, str):
         raise UserError(f"resume must be true, false or a path, got {resume!r}")

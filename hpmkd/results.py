@@ -81,13 +81,23 @@ def print_summary(results: dict[str, Any], path: Path, console: Console | None =
     if teacher:
         source = teacher["extra"].get("source", "")
         table.add_row(
-            "teacher", teacher["arch"], f"{teacher['params']:,}", _pct(teacher["val_acc"]),
-            _pct(teacher["test_acc"]), "", source,
+            "teacher",
+            teacher["arch"],
+            f"{teacher['params']:,}",
+            _pct(teacher["val_acc"]),
+            _pct(teacher["test_acc"]),
+            "",
+            source,
         )
     student = results["student"]
     table.add_row(
-        "student", student["arch"], f"{student['params']:,}", _pct(results["acc_best"]),
-        _pct(results["test_acc"]), f"{results['train_time_s']:.1f}", results["method"],
+        "student",
+        student["arch"],
+        f"{student['params']:,}",
+        _pct(results["acc_best"]),
+        _pct(results["test_acc"]),
+        f"{results['train_time_s']:.1f}",
+        results["method"],
     )
     console.print(table)
     if results["compression_ratio"]:

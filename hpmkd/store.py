@@ -68,7 +68,9 @@ class ArtifactStore:
         with FileLock(str(lock_dir / f"{key}.lock")):
             yield
 
-    def put_model(self, key: str, state_dict: Mapping[str, Any], meta: Mapping[str, Any]) -> Artifact:
+    def put_model(
+        self, key: str, state_dict: Mapping[str, Any], meta: Mapping[str, Any]
+    ) -> Artifact:
         """Store a model's weights and metadata under ``key`` (atomically; first writer wins)."""
         staging_root = self.root / "staging"
         staging_root.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,11 @@ def run_train(cfg: DictConfig) -> dict:
     data = load_data(cfg.data)
     write_json_atomic(out_dir / RUN_FILE, {"config_key": key, "strategy": strategy})
     ctx = RunContext(
-        cfg=cfg, out_dir=out_dir, data=data, store=ArtifactStore(cfg.store.root), ckpt_path=ckpt_path
+        cfg=cfg,
+        out_dir=out_dir,
+        data=data,
+        store=ArtifactStore(cfg.store.root),
+        ckpt_path=ckpt_path,
     )
     result = run_strategy(strategy, ctx)
     results = build_results(

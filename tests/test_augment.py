@@ -33,7 +33,9 @@ def test_normalisation_and_eval_mode_is_deterministic():
     x = torch.full((3, 2, 4, 4), 255, dtype=torch.uint8)
     out = t(x, train=False)
     assert out.dtype == torch.float32
-    assert torch.allclose(out[:, 0], torch.ones(3, 4, 4)) and torch.allclose(out[:, 1], torch.full((3, 4, 4), 3.0))
+    assert torch.allclose(out[:, 0], torch.ones(3, 4, 4)) and torch.allclose(
+        out[:, 1], torch.full((3, 4, 4), 3.0)
+    )
     assert torch.equal(t(x, train=False), out)
 
 

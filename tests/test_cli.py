@@ -53,8 +53,12 @@ def test_teacher_from_explicit_checkpoint(run_cli, tmp_path):
     path = tmp_path / "teacher.pt"
     torch.save(teacher.state_dict(), path)
     run = run_cli(
-        "train", "+strategy=kd", "teacher=mlp", "teacher.params.hidden=[32]",
-        f"teacher.checkpoint={path}", *TINY,
+        "train",
+        "+strategy=kd",
+        "teacher=mlp",
+        "teacher.params.hidden=[32]",
+        f"teacher.checkpoint={path}",
+        *TINY,
     )
     assert run.code == 0, run.err
     (results,) = run.results()

@@ -85,7 +85,9 @@ def test_unreachable_download_is_one_line(run_cli, tmp_path, monkeypatch):
         raise RuntimeError("Error downloading cifar-10-python.tar.gz: no network")
 
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
-    run = run_cli("train", "data=cifar10", f"data.root={tmp_path / 'cifar'}", "student=resnet8", *TINY)
+    run = run_cli(
+        "train", "data=cifar10", f"data.root={tmp_path / 'cifar'}", "student=resnet8", *TINY
+    )
     _assert_user_error(run, str(tmp_path / "cifar"))
 
 

@@ -47,9 +47,12 @@ def test_temperature_squared_scaling(t):
     s, te = torch.tensor(STUDENT), torch.tensor(TEACHER)
     raw = F.kl_div(F.log_softmax(s / t, 1), F.softmax(te / t, 1), reduction="sum") / len(s)
     assert tempered_kl(s, te, t).item() == pytest.approx(t * t * raw.item(), rel=1e-5)
-    assert tempered_kl(s, te, t).item() == pytest.approx(_reference_kd(STUDENT, TEACHER, t), rel=1e-5)
+    assert tempered_kl(s, te, t).item() == pytest.approx(
+        _reference_kd(STUDENT, TEACHER, t), rel=1e-5
+    )
 
 
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides")
 def test_batchmean_not_mean_over_classes():
     s, te = torch.tensor(STUDENT), torch.tensor(TEACHER)
     per_element_mean = F.kl_div(F.log_softmax(s / 4, 1), F.softmax(te / 4, 1), reduction="mean")
@@ -57,7 +60,9 @@ def test_batchmean_not_mean_over_classes():
     assert got.item() == pytest.approx(16 * per_element_mean.item() * s.shape[1], rel=1e-5)
     # a batch of copies has the same value as one sample: averaged over the batch, not summed
     one = tempered_kl(s[:1], te[:1], 4.0)
-    assert tempered_kl(s[:1].repeat(5, 1), te[:1].repeat(5, 1), 4.0).item() == pytest.approx(one.item(), rel=1e-5)
+    assert tempered_kl(s[:1].repeat(5, 1), te[:1].repeat(5, 1), 4.0).item() == pytest.approx(
+        one.item(), rel=1e-5
+    )
 
 
 def test_teacher_distribution_comes_first():
@@ -70,7 +75,9 @@ def test_teacher_distribution_comes_first():
 
 def test_shift_invariance_and_no_nan_on_large_logits():
     s, te = torch.tensor(STUDENT), torch.tensor(TEACHER)
-    assert tempered_kl(s + 7.0, te - 3.0, 4.0).item() == pytest.approx(tempered_kl(s, te, 4.0).item(), rel=1e-5)
+    assert tempered_kl(s + 7.0, te - 3.0, 4.0).item() == pytest.approx(
+        tempered_kl(s, te, 4.0).item(), rel=1e-5
+    )
     big = torch.tensor([[1000.0, -1000.0, 0.0]])
     value = tempered_kl(big, -big, 1.0)
     assert torch.isfinite(value)
@@ -90,7 +97,9 @@ def test_kd_method_weights_ce_and_kl():
     s, te = torch.tensor(STUDENT), torch.tensor(TEACHER)
     labels = torch.tensor([0, 2, 3])
     terms = method(ModelOutputs(s), ModelOutputs(te), labels, torch.arange(3))
-    ce = -sum(math.log(_softmax(row, 1.0)[y]) for row, y in zip(STUDENT, [0, 2, 3], strict=True)) / 3
+    ce = (
+        -sum(math.log(_softmax(row, 1.0)[y]) for row, y in zip(STUDENT, [0, 2, 3], strict=True)) / 3
+    )
     assert set(terms) == {"ce", "kd"}
     assert terms["ce"].item() == pytest.approx(0.1 * ce, rel=1e-5)
     assert terms["kd"].item() == pytest.approx(0.9 * _reference_kd(STUDENT, TEACHER, 4.0), rel=1e-5)

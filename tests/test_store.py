@@ -9,8 +9,12 @@ def test_key_is_canonical_and_sensitive():
     a = content_key("model", {"arch": "resnet20", "seed": 0, "recipe": {"lr": 0.1, "epochs": 3}})
     b = content_key("model", {"recipe": {"epochs": 3, "lr": 0.1}, "seed": 0, "arch": "resnet20"})
     assert a == b
-    assert a != content_key("model", {"arch": "resnet20", "seed": 1, "recipe": {"lr": 0.1, "epochs": 3}})
-    assert a != content_key("run", {"arch": "resnet20", "seed": 0, "recipe": {"lr": 0.1, "epochs": 3}})
+    assert a != content_key(
+        "model", {"arch": "resnet20", "seed": 1, "recipe": {"lr": 0.1, "epochs": 3}}
+    )
+    assert a != content_key(
+        "run", {"arch": "resnet20", "seed": 0, "recipe": {"lr": 0.1, "epochs": 3}}
+    )
 
 
 def test_put_then_get_roundtrip(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,14 @@ from lightning.pytorch.loggers import Logger
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.engine.module import DistillModule
 
-log = logging.getLogger(__name__)
+
+def quiet_lightning() -> None:
+    """Keep Lightning's banners and tips out of the console; warnings still show."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # In-memory tensor batches need no worker processes, and metrics are logged per epoch.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
 class ValAccuracyHistory(Callback):
@@ -47,7 +55,6 @@ class FitResult:
     test_acc_best: float | None
     test_acc5_last: float | None
     train_time_s: float
-    checkpoint_dir: Path
 
     @property
     def acc_last(self) -> float | None:
@@ -69,6 +76,42 @@ class FitResult:
         return self.test_acc_best if self.test_acc_best is not None else self.test_acc_last
 
 
+def make_trainer(
+    *,
+    out_dir: Path,
+    epochs: int,
+    trainer_kwargs: Mapping[str, Any],
+    has_val: bool,
+    loggers: Sequence[Logger] | bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The Trainer every hpmkd run uses: last + best-validation checkpoints, rich progress."""
+    kwargs = dict(trainer_kwargs)
+    show_progress = kwargs.pop("enable_progress_bar", True)
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="best",
+        monitor="val/acc" if has_val else None,
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    all_callbacks: list[Callback] = [*callbacks, checkpoint]
+    if show_progress:
+        all_callbacks.append(RichProgressBar(leave=False))
+    if not has_val:
+        kwargs["limit_val_batches"] = 0
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        default_root_dir=out_dir,
+        logger=list(loggers) if loggers else False,
+        callbacks=all_callbacks,
+        enable_progress_bar=show_progress,
+        **kwargs,
+    )
+    return trainer, checkpoint
+
+
 def fit(
     module: DistillModule,
     datamodule: SplitsDataModule,
@@ -81,30 +124,14 @@ def fit(
 ) -> FitResult:
     """Train, then test with the last and the best-validation weights."""
     has_val = len(datamodule.splits.y_val) > 0
-    kwargs = dict(trainer_kwargs)
-    show_progress = kwargs.pop("enable_progress_bar", True)
     history = ValAccuracyHistory()
-    checkpoint_dir = out_dir / "checkpoints"
-    checkpoint = ModelCheckpoint(
-        dirpath=checkpoint_dir,
-        filename="best",
-        monitor="val/acc" if has_val else None,
-        mode="max",
-        save_last=True,
-        enable_version_counter=False,
-    )
-    callbacks: list[Callback] = [history, checkpoint]
-    if show_progress:
-        callbacks.append(RichProgressBar(leave=False))
-    if not has_val:
-        kwargs["limit_val_batches"] = 0
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        default_root_dir=out_dir,
-        logger=list(loggers) if loggers else False,
-        callbacks=callbacks,
-        enable_progress_bar=show_progress,
-        **kwargs,
+    trainer, checkpoint = make_trainer(
+        out_dir=out_dir,
+        epochs=epochs,
+        trainer_kwargs=trainer_kwargs,
+        has_val=has_val,
+        loggers=loggers,
+        callbacks=[history],
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -123,5 +150,4 @@ def fit(
         test_acc_best=100.0 * best["test/acc"] if best else None,
         test_acc5_last=100.0 * top5 if top5 is not None else None,
         train_time_s=train_time,
-        checkpoint_dir=checkpoint_dir,
     )
