@@ -151,3 +151,18 @@ def fit(
         test_acc5_last=100.0 * top5 if top5 is not None else None,
         train_time_s=train_time,
     )
+
+
+def fit_init_stage(
+    module: DistillModule,
+    datamodule: SplitsDataModule,
+    *,
+    out_dir: Path,
+    epochs: int,
+    trainer_kwargs: Mapping[str, Any],
+) -> None:
+    """Train a module built with ``init_stage=True``: no validation, no test."""
+    trainer, _ = make_trainer(
+        out_dir=out_dir, epochs=epochs, trainer_kwargs=trainer_kwargs, has_val=False
+    )
+    trainer.fit(module, datamodule=datamodule)

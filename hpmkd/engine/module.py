@@ -44,7 +44,11 @@ class FrozenTeacher:
 
 
 class DistillModule(L.LightningModule):
-    """Trains ``student`` with ``method``; ``teacher`` is required when the method needs one."""
+    """Trains ``student`` with ``method``; ``teacher`` is required when the method needs one.
+
+    With ``init_stage`` the step uses the method's initialisation losses and optimises only
+    ``method.init_parameters`` (the connector warm-up of AB, FT and FSP).
+    """
 
     def __init__(
         self,
@@ -56,6 +60,7 @@ class DistillModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., object] | None = None,
         teacher: nn.Module | None = None,
+        init_stage: bool = False,
     ) -> None:
         super().__init__()
         if method.needs_teacher and teacher is None:
@@ -65,6 +70,7 @@ class DistillModule(L.LightningModule):
         self.transform = transform
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.init_stage = init_stage
         self.teacher = FrozenTeacher(teacher, method.teacher_features) if teacher else None
         self.student_tap = FeatureTap(student, method.student_features)
         top5 = num_classes > 10
@@ -77,6 +83,9 @@ class DistillModule(L.LightningModule):
         if self.teacher is not None:
             self.teacher.to(self.device)
 
+    def on_train_epoch_start(self) -> None:
+        self.method.epoch = self.current_epoch
+
     def student_outputs(self, x: Tensor) -> ModelOutputs:
         logits = self.student(x)
         return ModelOutputs(logits, dict(self.student_tap.features))
@@ -85,7 +94,8 @@ class DistillModule(L.LightningModule):
         x, y, index = batch
         x = self.transform(x, train=True)
         teacher = self.teacher(x) if self.teacher is not None else None
-        losses = self.method(self.student_outputs(x), teacher, y, index)
+        loss_fn = self.method.init_forward if self.init_stage else self.method
+        losses = loss_fn(self.student_outputs(x), teacher, y, index)
         loss = torch.stack(list(losses.values())).sum()
         for term, value in losses.items():
             self.log(f"train/{term}", value.detach(), on_step=False, on_epoch=True)
@@ -110,9 +120,11 @@ class DistillModule(L.LightningModule):
         self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_factory(
-            list(self.student.parameters()) + list(self.method.parameters())
-        )
+        if self.init_stage:
+            params = self.method.init_parameters(self.student)
+        else:
+            params = list(self.student.parameters()) + list(self.method.parameters())
+        optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer)

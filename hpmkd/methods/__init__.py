@@ -1,6 +1,28 @@
-"""Distillation methods: one module per method, all behind the contract in ``base``."""
+"""Distillation methods: one module per method, all behind the contract in ``base``.
 
-from hpmkd.methods import ce, kd  # noqa: F401  (registration)
-from hpmkd.methods.base import METHODS, DistillMethod, ModelOutputs, build_method, register_method
+Every module of this package is imported here, so a new method file registers itself.
+"""
 
-__all__ = ["METHODS", "DistillMethod", "ModelOutputs", "build_method", "register_method"]
+import importlib
+import pkgutil
+
+from hpmkd.methods.base import (
+    METHODS,
+    DistillMethod,
+    MethodSetup,
+    ModelOutputs,
+    build_method,
+    register_method,
+)
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = [
+    "METHODS",
+    "DistillMethod",
+    "MethodSetup",
+    "ModelOutputs",
+    "build_method",
+    "register_method",
+]

@@ -18,6 +18,20 @@ from torch import Tensor, nn
 from hpmkd.errors import UserError, unknown_name
 
 
+@dataclass(frozen=True)
+class MethodSetup:
+    """What a method may size its connectors and buffers from (seen in a dry forward pass).
+
+    Shapes include the batch dimension; keys are the concrete feature names the method asked
+    for (aliases such as ``stages`` already resolved, in order).
+    """
+
+    student_shapes: Mapping[str, torch.Size]
+    teacher_shapes: Mapping[str, torch.Size]
+    num_classes: int
+    num_train: int
+
+
 @dataclass
 class ModelOutputs:
     """What a model produced for one batch: logits and the features a method asked for."""
@@ -30,22 +44,38 @@ class DistillMethod(nn.Module):
     """Base class of all methods.
 
     Subclasses set ``needs_teacher`` and, for feature methods, fill ``student_features`` and
-    ``teacher_features`` with feature names from the model zoo (see ``FeatureTap``). Methods with
-    a temperature keep it in ``self.temperature`` so that schedules can change it between epochs.
+    ``teacher_features`` with feature names or aliases from the model zoo (``stages``,
+    ``last_stage``, ``pool``...; see ``hpmkd.models.resolve_features``). Before training, the
+    engine replaces them with the resolved concrete names and calls ``setup``. Methods with a
+    temperature keep it in ``self.temperature`` so that schedules can change it between epochs;
+    ``self.epoch`` is the current training epoch (0-based), set by the engine.
+
+    Methods whose connectors need an initialisation stage first (AB, FT, FSP) set
+    ``init_epochs`` and implement ``init_forward`` and ``init_parameters``.
     """
 
     name: ClassVar[str]
     needs_teacher: ClassVar[bool] = True
+    init_epochs: int = 0
 
     def __init__(self) -> None:
         super().__init__()
         self.student_features: tuple[str, ...] = ()
         self.teacher_features: tuple[str, ...] = ()
+        self.epoch = 0
 
-    def build_connectors(
-        self, student: Mapping[str, torch.Size], teacher: Mapping[str, torch.Size]
-    ) -> None:
-        """Create connector modules from feature shapes seen in a dry forward pass."""
+    def setup(self, info: MethodSetup) -> None:
+        """Create connector modules and buffers from what the dry forward pass showed."""
+
+    def init_forward(
+        self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor
+    ) -> dict[str, Tensor]:
+        """Loss terms of the initialisation stage (only for methods with ``init_epochs > 0``)."""
+        raise NotImplementedError(f"method '{self.name}' has no initialisation stage")
+
+    def init_parameters(self, student: nn.Module) -> list[nn.Parameter]:
+        """Parameters trained in the initialisation stage."""
+        raise NotImplementedError(f"method '{self.name}' has no initialisation stage")
 
     def forward(
         self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor

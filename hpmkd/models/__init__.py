@@ -11,7 +11,7 @@ from . import (  # noqa: F401
     wrn,
 )
 from .checkpoint import load_state_dict_file, load_weights
-from .features import FeatureTap
+from .features import FeatureTap, resolve_features
 from .registry import build_model, count_parameters, list_models, model_info, register_model
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "load_weights",
     "model_info",
     "register_model",
+    "resolve_features",
 ]

@@ -11,6 +11,7 @@ submodule ``model.get_submodule(module_path)``. Standard names:
 Family docstrings state the exceptions (VGG has no stem, MobileNetV2 stages are linear).
 """
 
+import re
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -77,3 +78,36 @@ class FeatureTap:
         tb: TracebackType | None,
     ) -> None:
         self.remove()
+
+
+_STAGE = re.compile(r"(stage|hidden)(\d+)")
+_STAGE_PRE = re.compile(r"(stage|hidden)(\d+)_pre")
+
+
+def resolve_features(model: nn.Module, specs: Sequence[str]) -> tuple[str, ...]:
+    """Expand feature aliases into the model's concrete feature names, in order.
+
+    Aliases: ``stages`` (every stage, or hidden layer for MLPs, after its activation, shallow to
+    deep), ``stages_pre`` (the same before the activation), ``last_stage``, ``last_stage_pre``.
+    Any other name must be one of the model's ``feature_points`` (checked by ``FeatureTap``).
+    """
+    points: dict[str, tuple[str, str]] = getattr(model, "feature_points", {})
+
+    def ordered(pattern: re.Pattern[str]) -> list[str]:
+        found = [(int(m.group(2)), n) for n in points if (m := pattern.fullmatch(n))]
+        return [n for _, n in sorted(found)]
+
+    aliases = {
+        "stages": ordered(_STAGE),
+        "stages_pre": ordered(_STAGE_PRE),
+        "last_stage": ordered(_STAGE)[-1:],
+        "last_stage_pre": ordered(_STAGE_PRE)[-1:],
+    }
+    resolved: list[str] = []
+    for spec in specs:
+        expansion = aliases.get(spec, [spec])
+        if not expansion:
+            label = getattr(model, "model_name", type(model).__name__)
+            raise UserError(f"model '{label}' has no features for '{spec}'")
+        resolved.extend(expansion)
+    return tuple(resolved)

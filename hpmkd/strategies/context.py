@@ -18,11 +18,11 @@ from torch import nn
 from hpmkd.data.augment import BatchTransform
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
-from hpmkd.engine.fit import FitResult, fit
+from hpmkd.engine.fit import FitResult, fit, fit_init_stage
 from hpmkd.engine.module import DistillModule
 from hpmkd.errors import UserError
-from hpmkd.methods import DistillMethod, build_method
-from hpmkd.models import FeatureTap, build_model, count_parameters
+from hpmkd.methods import DistillMethod, MethodSetup, build_method
+from hpmkd.models import FeatureTap, build_model, count_parameters, resolve_features
 from hpmkd.store import ArtifactStore
 
 log = logging.getLogger("hpmkd")
@@ -99,23 +99,38 @@ class RunContext:
         ckpt_path: str | None = None,
     ) -> FitResult:
         """Fit ``model`` with ``method`` (and ``teacher``) under the run's recipe and trainer."""
-        check_pair(self, model, method, teacher)
+        prepare_method(self, model, method, teacher)
         recipe = self.cfg.recipe
-        module = DistillModule(
-            student=model,
-            method=method,
-            transform=self.transform,
-            num_classes=self.data.num_classes,
-            optimizer=hydra.utils.instantiate(recipe.optimizer),
-            scheduler=hydra.utils.instantiate(recipe.scheduler) if recipe.scheduler else None,
-            teacher=teacher,
-        )
+        trainer_kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
+
+        def module(init_stage: bool) -> DistillModule:
+            scheduler = recipe.scheduler if recipe.scheduler and not init_stage else None
+            return DistillModule(
+                student=model,
+                method=method,
+                transform=self.transform,
+                num_classes=self.data.num_classes,
+                optimizer=hydra.utils.instantiate(recipe.optimizer),
+                scheduler=hydra.utils.instantiate(scheduler) if scheduler else None,
+                teacher=teacher,
+                init_stage=init_stage,
+            )
+
+        if method.init_epochs and ckpt_path is None:
+            log.info("%s: %d-epoch initialisation stage", method.name, method.init_epochs)
+            fit_init_stage(
+                module(init_stage=True),
+                self.datamodule(),
+                out_dir=out_dir / "init_stage",
+                epochs=method.init_epochs,
+                trainer_kwargs=trainer_kwargs,  # type: ignore[arg-type]
+            )
         return fit(
-            module,
+            module(init_stage=False),
             self.datamodule(),
             out_dir=out_dir,
             epochs=recipe.epochs,
-            trainer_kwargs=OmegaConf.to_container(self.cfg.trainer, resolve=True),  # type: ignore[arg-type]
+            trainer_kwargs=trainer_kwargs,  # type: ignore[arg-type]
             loggers=self.loggers(out_dir if nested else None),
             ckpt_path=ckpt_path,
         )
@@ -128,10 +143,12 @@ class RunContext:
 
 
 @torch.no_grad()
-def check_pair(
+def prepare_method(
     ctx: RunContext, student: nn.Module, method: DistillMethod, teacher: nn.Module | None
 ) -> None:
-    """Dry forward on two samples: class counts agree, and the method builds its connectors."""
+    """Resolve the method's feature names, then a dry forward on two samples: class counts must
+    agree, and the method sizes its connectors from the feature shapes."""
+    method.student_features = resolve_features(student, method.student_features)
     x = ctx.transform(ctx.data.x_train[:2], train=False)
     was_training = student.training
     student.eval()
@@ -139,18 +156,26 @@ def check_pair(
         logits = student(x)
         student_shapes = {k: v.shape for k, v in tap.features.items()}
     student.train(was_training)
-    if teacher is None:
-        return
-    teacher.eval()
-    with FeatureTap(teacher, method.teacher_features) as tap:
-        teacher_logits = teacher(x)
-        teacher_shapes = {k: v.shape for k, v in tap.features.items()}
-    if teacher_logits.shape[1] != logits.shape[1]:
-        raise UserError(
-            f"teacher predicts {teacher_logits.shape[1]} classes but the student predicts "
-            f"{logits.shape[1]} (data '{ctx.data.name}' has {ctx.data.num_classes})"
+    teacher_shapes: dict[str, torch.Size] = {}
+    if teacher is not None:
+        method.teacher_features = resolve_features(teacher, method.teacher_features)
+        teacher.eval()
+        with FeatureTap(teacher, method.teacher_features) as tap:
+            teacher_logits = teacher(x)
+            teacher_shapes = {k: v.shape for k, v in tap.features.items()}
+        if teacher_logits.shape[1] != logits.shape[1]:
+            raise UserError(
+                f"teacher predicts {teacher_logits.shape[1]} classes but the student predicts "
+                f"{logits.shape[1]} (data '{ctx.data.name}' has {ctx.data.num_classes})"
+            )
+    method.setup(
+        MethodSetup(
+            student_shapes=student_shapes,
+            teacher_shapes=teacher_shapes,
+            num_classes=ctx.data.num_classes,
+            num_train=len(ctx.data.y_train),
         )
-    method.build_connectors(student_shapes, teacher_shapes)
+    )
 
 
 def model_params(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
