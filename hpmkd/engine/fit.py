@@ -33,7 +33,7 @@ class ValAccuracyHistory(Callback):
     def __init__(self) -> None:
         self.history: list[float] = []
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
             return
         self.history.append(100.0 * float(trainer.callback_metrics["val/acc"]))
@@ -136,6 +136,8 @@ def fit(
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_time = time.perf_counter() - start
+    # testing the best checkpoint restores callback states too: keep the full history first
+    val_history = list(history.history)
 
     def test(ckpt: str | None) -> Mapping[str, float]:
         return trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
@@ -145,7 +147,7 @@ def fit(
     top5 = last.get("test/acc_top5")
     return FitResult(
         epochs=trainer.current_epoch,
-        val_history=history.history,
+        val_history=val_history,
         test_acc_last=100.0 * last["test/acc"],
         test_acc_best=100.0 * best["test/acc"] if best else None,
         test_acc5_last=100.0 * top5 if top5 is not None else None,

@@ -1,0 +1,88 @@
+"""Neuron selectivity transfer (Huang & Wang 2017, "Like What You Like").
+
+Each channel of a feature map is a sample of its layer's activation distribution: its
+flattened spatial pattern, L2-normalised. The loss is the squared maximum mean discrepancy
+between the student's and the teacher's channel sets under the polynomial kernel
+``k(x, y) = (x . y + c)^d``:
+``MMD^2 = mean k(t, t') + mean k(s, s') - 2 mean k(s, t)`` (means over all channel pairs and the
+batch), summed over the paired stages:
+``ce_weight * CE + beta * sum_stages MMD^2`` (+ ``kd_weight`` * KD when non-zero).
+
+Decisions, each a constructor argument or stated here:
+
+- Kernel: polynomial, ``degree`` d = 2 and ``coef0`` c = 0, the paper's best and the CRD
+  benchmark's (RepDistiller) setting; beta = 50 as in that benchmark. The teacher-teacher term
+  is constant; it is kept so that the value is the MMD itself (0 for identical features).
+- Stages (default every stage) are paired from the deepest backwards when the counts differ.
+- Spatial sizes: maps of different size are average-pooled adaptively to the smaller height and
+  width (the kernel compares spatial patterns, so the sizes must agree); channel counts may
+  differ, MMD compares sets of any size.
+- 2-D features are 1x1 maps: each normalised channel is its sign, with no gradient, so such pairs
+  add no signal; setup logs a warning for them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hpmkd.methods.base import MethodSetup, ModelOutputs, register_method
+from hpmkd.methods.feature_math import FeatureMethod, match_spatial, warn_if_flat
+
+
+def channel_distribution(f: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N, C, H*W), every channel's spatial pattern L2-normalised."""
+    return F.normalize(f.flatten(2), dim=2)
+
+
+def polynomial_mmd2(s: Tensor, t: Tensor, degree: float, coef0: float) -> Tensor:
+    """Squared MMD between the channel sets ``s`` (N, Cs, D) and ``t`` (N, Ct, D), batch mean."""
+
+    def kernel_mean(a: Tensor, b: Tensor) -> Tensor:
+        return (a @ b.transpose(1, 2) + coef0).pow(degree).mean()
+
+    return kernel_mean(t, t) + kernel_mean(s, s) - 2 * kernel_mean(s, t)
+
+
+@register_method
+class NST(FeatureMethod):
+    name = "nst"
+
+    def __init__(
+        self,
+        student_features: list[str] | str = ("stages",),
+        teacher_features: list[str] | str = ("stages",),
+        degree: float = 2.0,
+        coef0: float = 0.0,
+        beta: float = 50.0,
+        ce_weight: float = 1.0,
+        kd_weight: float = 0.0,
+        temperature: float = 4.0,
+    ) -> None:
+        super().__init__(
+            student_features=student_features,
+            teacher_features=teacher_features,
+            beta=beta,
+            ce_weight=ce_weight,
+            kd_weight=kd_weight,
+            temperature=temperature,
+        )
+        self.degree = degree
+        self.coef0 = coef0
+
+    def setup(self, info: MethodSetup) -> None:
+        warn_if_flat(self.name, self.pair_stages(info), info, "normalised channels are constant")
+
+    def forward(
+        self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor
+    ) -> dict[str, Tensor]:
+        terms = self.response_terms(student, teacher, labels)
+        if self.beta:
+            losses = []
+            for f_s, f_t in self.paired_features(student, teacher):
+                m_s, m_t = match_spatial(f_s, f_t)
+                s, t = channel_distribution(m_s), channel_distribution(m_t)
+                losses.append(polynomial_mmd2(s, t, self.degree, self.coef0))
+            terms[self.name] = self.beta * torch.stack(losses).sum()
+        return terms
