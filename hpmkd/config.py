@@ -38,7 +38,7 @@ def register_resolvers() -> None:
 
 
 def register_model_groups() -> None:
-    """One `teacher=<name>` and `student=<name>` option per registered model.
+    """One `teacher=<name>`, `student=<name>` and `assistant=<name>` option per registered model.
 
     Generated from the model registry so that the zoo and the config groups never drift apart.
     """
@@ -50,6 +50,9 @@ def register_model_groups() -> None:
     for name in sorted(set(list_models()) | set(wide_resnets)):
         params = dict(model_info(name).default_params)
         store.store(group="student", name=name, node={"arch": name, "params": params})
+        store.store(
+            group="assistant", name=name, node={"arch": name, "params": params, "checkpoint": None}
+        )
         store.store(
             group="teacher", name=name, node={"arch": name, "params": params, "checkpoint": None}
         )

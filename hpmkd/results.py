@@ -43,6 +43,7 @@ def build_results(
         "data": data.summary() | {"fingerprint": data.fingerprint()},
         "student": asdict(result.student) | {"extra_params": result.extra_params},
         "teacher": asdict(teacher) if teacher else None,
+        "intermediates": [asdict(m) for m in result.intermediates],
         "compression_ratio": ratio,
         "epochs": fit.epochs,
         "acc_last": fit.acc_last,
@@ -88,6 +89,16 @@ def print_summary(results: dict[str, Any], path: Path, console: Console | None =
             _pct(teacher["test_acc"]),
             "",
             source,
+        )
+    for link in results["intermediates"]:
+        table.add_row(
+            link["role"],
+            link["arch"],
+            f"{link['params']:,}",
+            _pct(link["val_acc"]),
+            _pct(link["test_acc"]),
+            "",
+            link["extra"].get("source", ""),
         )
     student = results["student"]
     table.add_row(

@@ -116,3 +116,16 @@ def test_models_command_lists_parameter_counts(run_cli):
     run = run_cli("models")
     assert run.code == 0
     assert "resnet56" in run.out and "861,620" in run.out  # CIFAR-100 default, CRD zoo figure
+
+
+def test_takd_chains_teacher_assistant_student_and_reuses_both(run_cli):
+    first = run_cli("train", "+strategy=takd", "assistant.params.hidden=[128]", *TINY)
+    assert first.code == 0, first.err
+    second = run_cli("train", "+strategy=takd", "assistant.params.hidden=[128]", *TINY)
+    a, b = second.results()
+    assert [m["role"] for m in a["intermediates"]] == ["assistant"]
+    assert a["intermediates"][0]["extra"]["source"] == "trained"
+    assert b["intermediates"][0]["extra"]["source"] == "store"
+    assert b["teacher"]["extra"]["source"] == "store"
+    assert a["teacher"]["params"] > a["intermediates"][0]["params"] > a["student"]["params"]
+    assert b["test_acc"] > 50

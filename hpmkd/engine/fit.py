@@ -25,6 +25,8 @@ def quiet_lightning() -> None:
     # In-memory tensor batches need no worker processes, and metrics are logged per epoch.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # Lightning's own use of a deprecated torch pytree API, nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
 
 
 class ValAccuracyHistory(Callback):

@@ -22,11 +22,10 @@ Decisions, each a constructor argument or stated here:
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hpmkd.methods.base import MethodSetup, ModelOutputs, register_method
+from hpmkd.methods.base import MethodSetup, register_method
 from hpmkd.methods.feature_math import FeatureMethod, match_spatial, warn_if_flat
 
 
@@ -62,15 +61,6 @@ class AT(FeatureMethod):
     def setup(self, info: MethodSetup) -> None:
         warn_if_flat(self.name, self.pair_stages(info), info, "attention maps are constant")
 
-    def forward(
-        self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor
-    ) -> dict[str, Tensor]:
-        terms = self.response_terms(student, teacher, labels)
-        if self.beta:
-            losses = []
-            for f_s, f_t in self.paired_features(student, teacher):
-                m_s, m_t = match_spatial(f_s, f_t)
-                diff = attention_map(m_s, self.p) - attention_map(m_t, self.p)
-                losses.append(diff.pow(2).mean())
-            terms[self.name] = self.beta * torch.stack(losses).sum()
-        return terms
+    def pair_loss(self, index: int, f_s: Tensor, f_t: Tensor) -> Tensor:
+        m_s, m_t = match_spatial(f_s, f_t)
+        return (attention_map(m_s, self.p) - attention_map(m_t, self.p)).pow(2).mean()

@@ -189,9 +189,7 @@ class FeatureMethod(DistillMethod):
             raise ValueError(f"method '{self.name}' needs a teacher")
         if not self.pairs:
             raise RuntimeError(f"method '{self.name}': setup() was not called")
-        return [
-            (student.features[s].float(), teacher.features[t].float()) for s, t in self.pairs
-        ]
+        return [(student.features[s].float(), teacher.features[t].float()) for s, t in self.pairs]
 
     def pair_loss(self, index: int, f_s: Tensor, f_t: Tensor) -> Tensor:
         """The method's loss on pair ``index`` (fp32 student and teacher tensors)."""
@@ -212,7 +210,5 @@ class FeatureMethod(DistillMethod):
                 student.logits, teacher.logits, self.temperature
             )
         if self.beta:
-            terms[self.name] = self.beta * self.feature_loss(
-                self.paired_features(student, teacher)
-            )
+            terms[self.name] = self.beta * self.feature_loss(self.paired_features(student, teacher))
         return terms

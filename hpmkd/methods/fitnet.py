@@ -20,7 +20,9 @@ Decisions the paper leaves open, each a constructor argument:
   conv, stride 2; otherwise at least as large -> conv with kernel ``1 + s - t`` per dimension
   (1x1 for equal sizes). A student map smaller than the teacher's, but not exactly half, is
   rejected (UserError), as the CRD regressor does. 2-D student and teacher features use a
-  linear layer; a 2-D feature meeting a map is treated as a 1x1 map.
+  linear layer; a 2-D feature meeting a map is treated as a 1x1 map. The conv/linear layer has
+  no bias: CRD's has one, but a bias before BatchNorm is cancelled by it (same function class,
+  ``t_C`` fewer parameters that would never receive a gradient).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods.base import MethodSetup, ModelOutputs, register_method
+from hpmkd.methods.base import MethodSetup, register_method
 from hpmkd.methods.feature_math import (
     FeatureMethod,
     as_map,
@@ -56,15 +58,15 @@ def hint_regressor(
     s_c, t_c = int(s_shape[1]), int(t_shape[1])
     spatial = len(s_shape) == 4 or len(t_shape) == 4
     if not spatial:
-        layers: list[nn.Module] = [pointwise(s_c, t_c, spatial=False, bias=True)]
+        layers: list[nn.Module] = [pointwise(s_c, t_c, spatial=False, bias=False)]
     else:
         (sh, sw), (th, tw) = spatial_size(s_shape), spatial_size(t_shape)
         if (sh, sw) == (2 * th, 2 * tw):
-            conv: nn.Module = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
+            conv: nn.Module = nn.Conv2d(s_c, t_c, 3, stride=2, padding=1, bias=False)
         elif (2 * sh, 2 * sw) == (th, tw):
-            conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+            conv = nn.ConvTranspose2d(s_c, t_c, 4, stride=2, padding=1, bias=False)
         elif sh >= th and sw >= tw:
-            conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + sh - th, 1 + sw - tw))
+            conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + sh - th, 1 + sw - tw), bias=False)
         else:
             raise shape_error(
                 "fitnet",
@@ -94,7 +96,10 @@ class FitNet(FeatureMethod):
         kd_weight: float = 0.0,
         temperature: float = 4.0,
     ) -> None:
-        for arg, value in (("student_feature", student_feature), ("teacher_feature", teacher_feature)):
+        for arg, value in (
+            ("student_feature", student_feature),
+            ("teacher_feature", teacher_feature),
+        ):
             if not isinstance(value, str) or not value:
                 raise UserError(f"method 'fitnet' needs {arg} = one feature name; got {value!r}")
         super().__init__(
@@ -130,16 +135,8 @@ class FitNet(FeatureMethod):
             (s_name, tuple(s_shape)), (t_name, tuple(t_shape)), self.regressor_relu
         )
 
-    def forward(
-        self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor
-    ) -> dict[str, Tensor]:
-        terms = self.response_terms(student, teacher, labels)
-        if self.beta:
-            assert self.regressor is not None
-            ((f_s, f_t),) = self.paired_features(student, teacher)
-            if f_s.dim() == 2 and f_t.dim() == 2:
-                pred = self.regressor(f_s)
-            else:
-                pred, f_t = self.regressor(as_map(f_s)), as_map(f_t)
-            terms[self.name] = self.beta * F.mse_loss(pred.float(), f_t)
-        return terms
+    def pair_loss(self, index: int, f_s: Tensor, f_t: Tensor) -> Tensor:
+        assert self.regressor is not None
+        if f_s.dim() == 2 and f_t.dim() == 2:
+            return F.mse_loss(self.regressor(f_s).float(), f_t)
+        return F.mse_loss(self.regressor(as_map(f_s)).float(), as_map(f_t))

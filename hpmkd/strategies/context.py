@@ -47,6 +47,7 @@ class StrategyResult:
     extra_params: int = 0
     teacher: ModelRecord | None = None
     method: dict[str, Any] | None = None
+    intermediates: list[ModelRecord] = field(default_factory=list)
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""Getting a teacher: from an explicit checkpoint, from the artifact store, or by training one."""
+"""Getting a trained model: from an explicit checkpoint, from the artifact store, or by training.
+
+Teachers are trained on the labels; intermediates of a chain (TAKD's assistant, later PDC's
+links) are distilled from the model above them. Either way the result is stored under a key of
+everything that determines it, so the next run that needs the same model reuses it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hpmkd.engine.evaluate import accuracy
+from hpmkd.methods import build_method
 from hpmkd.models import count_parameters, load_weights
 from hpmkd.store import content_key
 from hpmkd.strategies.context import ModelRecord, RunContext, model_params
@@ -17,11 +23,11 @@ from hpmkd.strategies.context import ModelRecord, RunContext, model_params
 log = logging.getLogger("hpmkd")
 
 
-def teacher_spec(ctx: RunContext, teacher_cfg: DictConfig) -> dict[str, Any]:
-    """Everything that determines a trained teacher's weights (its store key)."""
+def model_spec(ctx: RunContext, model_cfg: DictConfig) -> dict[str, Any]:
+    """Everything that determines a trained model's weights (its store key)."""
     return {
-        "arch": teacher_cfg.arch,
-        "params": model_params(teacher_cfg),
+        "arch": model_cfg.arch,
+        "params": model_params(model_cfg),
         "num_classes": ctx.data.num_classes,
         "input_shape": list(ctx.data.input_shape),
         "data": ctx.data.fingerprint(),
@@ -31,31 +37,52 @@ def teacher_spec(ctx: RunContext, teacher_cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def obtain_teacher(
-    ctx: RunContext, teacher_cfg: DictConfig, role: str = "teacher"
+def obtain_model(
+    ctx: RunContext,
+    model_cfg: DictConfig,
+    role: str,
+    *,
+    teacher: tuple[nn.Module, ModelRecord] | None = None,
+    method_cfg: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, ModelRecord]:
-    """Build the teacher and give it weights; the record says where they came from."""
-    model = ctx.build(teacher_cfg)
-    checkpoint = teacher_cfg.get("checkpoint")
+    """Build ``model_cfg`` and give it weights; the record says where they came from.
+
+    Without ``teacher`` the model is trained on the labels; with one it is distilled from it
+    with ``method_cfg``.
+    """
+    model = ctx.build(model_cfg)
+    checkpoint = model_cfg.get("checkpoint")
     extra: dict[str, Any]
     if checkpoint:
         path = str(Path(checkpoint).expanduser())
         load_weights(model, path, source=path)
-        log.info("%s %s: loaded from checkpoint %s", role, teacher_cfg.arch, path)
+        log.info("%s %s: loaded from checkpoint %s", role, model_cfg.arch, path)
         extra = {"source": "checkpoint", "checkpoint": path}
     else:
-        spec = teacher_spec(ctx, teacher_cfg)
+        spec = model_spec(ctx, model_cfg)
+        if teacher is not None:
+            spec["distilled_from"] = teacher[1].extra.get("store_key") or teacher[1].extra
+            spec["method"] = method_cfg
         key = content_key("model", spec)
         with ctx.store.lock(key):
             artifact = ctx.store.get(key)
             if artifact is not None:
                 load_weights(model, str(artifact.model_file), source=str(artifact.model_file))
-                log.info("%s %s: reused from the store (%s)", role, teacher_cfg.arch, key[:12])
+                log.info("%s %s: reused from the store (%s)", role, model_cfg.arch, key[:12])
                 extra = {"source": "store", "store_key": key}
             else:
-                log.info("%s %s: not in the store, training it first", role, teacher_cfg.arch)
+                log.info("%s %s: not in the store, training it first", role, model_cfg.arch)
                 ctx.seed()
-                result = ctx.train_plain(model, out_dir=ctx.out_dir / role, nested=True)
+                if teacher is None:
+                    result = ctx.train_plain(model, out_dir=ctx.out_dir / role, nested=True)
+                else:
+                    result = ctx.train(
+                        model,
+                        build_method(method_cfg or {"name": "kd"}),
+                        out_dir=ctx.out_dir / role,
+                        teacher=teacher[0],
+                        nested=True,
+                    )
                 meta = {
                     **spec,
                     "role": role,
@@ -65,15 +92,19 @@ def obtain_teacher(
                     "train_time_s": result.train_time_s,
                 }
                 ctx.store.put_model(key, model.state_dict(), meta)
-                log.info("%s %s: trained and stored (%s)", role, teacher_cfg.arch, key[:12])
+                log.info("%s %s: trained and stored (%s)", role, model_cfg.arch, key[:12])
                 extra = {"source": "trained", "store_key": key}
     data = ctx.data
     record = ModelRecord(
         role=role,
-        arch=teacher_cfg.arch,
+        arch=model_cfg.arch,
         params=count_parameters(model),
         val_acc=accuracy(model, data.x_val, data.y_val, ctx.transform, device=ctx.device),
         test_acc=accuracy(model, data.x_test, data.y_test, ctx.transform, device=ctx.device),
         extra=extra,
     )
     return model.eval().requires_grad_(False), record
+
+
+def obtain_teacher(ctx: RunContext, teacher_cfg: DictConfig) -> tuple[nn.Module, ModelRecord]:
+    return obtain_model(ctx, teacher_cfg, "teacher")

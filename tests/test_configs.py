@@ -1,0 +1,85 @@
+"""Every config preset composes, names real models/data/methods, and keeps its promises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from hpmkd import config
+from hpmkd.data import list_datasets
+from hpmkd.methods import METHODS
+from hpmkd.models import model_info
+from hpmkd.strategies import STRATEGIES
+
+CONF = config.config_dir()
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONF / "experiment").with_suffix(""))
+    for p in (CONF / "experiment").rglob("*.yaml")
+)
+
+
+def _compose(*overrides: str):
+    config.setup()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def _names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_presets_compose(experiment):
+    cfg = _compose(f"experiment={experiment}")
+    assert cfg.data.name in list_datasets()
+    for role in ("teacher", "student"):
+        model_info(cfg[role].arch)
+    assert cfg.strategy.name in STRATEGIES
+    assert cfg.method.name in METHODS
+
+
+@pytest.mark.parametrize("pair", [p for p in EXPERIMENTS if p.startswith("crd_cifar100/")])
+def test_crd_presets_follow_the_benchmark_recipe(pair):
+    cfg = _compose(f"experiment={pair}")
+    assert cfg.data.name == "cifar100" and cfg.data.val_fraction == 0.0
+    recipe = cfg.recipe
+    assert recipe.epochs == 240 and recipe.batch_size == 64
+    assert recipe.optimizer.lr == 0.05 and recipe.optimizer.weight_decay == 5e-4
+    assert list(recipe.scheduler.milestones) == [150, 180, 210]
+
+
+@pytest.mark.parametrize("data", _names("data"))
+def test_every_data_option_composes(data):
+    assert _compose(f"data={data}").data.name in list_datasets()
+
+
+@pytest.mark.parametrize("strategy", _names("strategy"))
+def test_every_strategy_option_is_implemented(strategy):
+    assert _compose(f"+strategy={strategy}").strategy.name in STRATEGIES
+
+
+@pytest.mark.parametrize("method", _names("method"))
+def test_every_method_option_is_registered(method):
+    assert _compose("+strategy=kd", f"method={method}").method.name in METHODS
+
+
+@pytest.mark.parametrize("logger", _names("logger"))
+def test_logger_options_compose(logger):
+    _compose(f"logger={logger}")
+
+
+def test_every_registered_model_is_a_teacher_and_student_option():
+    from hpmkd.models import list_models
+
+    for name in list_models():
+        cfg = _compose(f"teacher={name}", f"student={name}")
+        assert cfg.teacher.arch == cfg.student.arch == name
+
+
+def test_config_tree_ships_inside_the_wheel():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"conf" = "hpmkd/conf"' in text
