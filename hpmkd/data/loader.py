@@ -1,0 +1,61 @@
+"""In-memory batches for Lightning: ``(x, y, sample_index)`` sliced straight from tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from hpmkd.data.splits import DataSplits
+
+
+class TensorSplit(Dataset):
+    """A split held in memory; a whole batch is fetched with one indexing op (``__getitems__``)."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        return self.x[i], self.y[i], torch.tensor(i)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.x[idx], self.y[idx], idx
+
+
+def _batch_as_is(batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    return batch
+
+
+class SplitsDataModule(L.LightningDataModule):
+    """Train/val/test loaders over a ``DataSplits``; the sample index travels with each batch
+    (caches and memory banks key on it)."""
+
+    def __init__(self, splits: DataSplits, batch_size: int, eval_batch_size: int) -> None:
+        super().__init__()
+        self.splits = splits
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+
+    def _loader(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            TensorSplit(x, y), batch_size=batch_size, shuffle=shuffle, collate_fn=_batch_as_is
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        s = self.splits
+        return self._loader(s.x_train, s.y_train, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        s = self.splits
+        return self._loader(s.x_val, s.y_val, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        s = self.splits
+        return self._loader(s.x_test, s.y_test, self.eval_batch_size, shuffle=False)

@@ -1,0 +1,115 @@
+"""Turn feature tables into DataSplits: label encoding, splitting, train-fitted preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from hpmkd.data.splits import DataSplits
+from hpmkd.errors import UserError
+
+from ._common import configured_splits, label_tensor
+
+
+def encode_labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Map labels of any type to int64 codes ``0..K-1`` in sorted order, plus the class names."""
+    missing = int(values.isna().sum())
+    if missing:
+        raise UserError(f"target column '{values.name}' has {missing} missing values")
+    try:
+        codes, classes = pd.factorize(values, sort=True)
+    except TypeError:  # mixed types that do not sort together: compare them as text
+        codes, classes = pd.factorize(values.astype(str), sort=True)
+    return codes.astype(np.int64), [str(c) for c in classes]
+
+
+def check_columns(frame: pd.DataFrame, wanted: list[str], what: str, where: str) -> None:
+    """UserError naming the first of ``wanted`` missing from ``frame`` and listing its columns."""
+    for column in wanted:
+        if column not in frame.columns:
+            raise UserError(
+                f"{what} column '{column}' not found in {where}; columns: "
+                + ", ".join(map(str, frame.columns))
+            )
+
+
+def _preprocessor(categorical: list[str], numeric: list[str]) -> ColumnTransformer:
+    """Median-impute + standardise numeric columns; one-hot encode categorical ones."""
+    return ColumnTransformer(
+        [
+            ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), numeric),
+            (
+                "categorical",
+                OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+                categorical,
+            ),
+        ],
+        sparse_threshold=0.0,
+    )
+
+
+def tabular_splits(
+    cfg: Mapping,
+    features: pd.DataFrame,
+    labels: np.ndarray,
+    class_names: list[str],
+    *,
+    test_features: pd.DataFrame | None = None,
+    test_labels: np.ndarray | None = None,
+    categorical: list[str] | None = None,
+    name: str | None = None,
+) -> DataSplits:
+    """Build DataSplits from a feature table and int64 label codes.
+
+    Without an official test table a stratified ``test_fraction`` (default 0.2) is carved first,
+    then ``val_fraction`` (default 0.1) of the rest, both with ``split_seed`` (default 0).
+    Categorical columns (``categorical``, default: every non-numeric column) are one-hot encoded
+    (unknown values ignored, missing values kept as their own category); numeric columns are
+    imputed with the training median and standardised. Every step is fitted on the training split
+    only. Features become float32.
+    """
+    if categorical is None:
+        categorical = [
+            c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])
+        ]
+    if features.shape[1] == 0:
+        raise UserError(f"dataset '{name or cfg['name']}' has no feature columns")
+    check_columns(features, categorical, "categorical", "the feature table")
+    numeric = [c for c in features.columns if c not in categorical]
+    features = features.astype({c: str for c in categorical})
+
+    parts = configured_splits(cfg, labels, official_test=test_features is not None)
+    if test_features is None:
+        test_features, test_labels = features.iloc[parts["test"]], labels[parts["test"]]
+    else:
+        check_columns(test_features, list(features.columns), "feature", "the test table")
+        test_features = test_features[features.columns].astype({c: str for c in categorical})
+
+    transform = _preprocessor(categorical, numeric).fit(features.iloc[parts["train"]])
+    width = len(transform.get_feature_names_out())
+
+    def encode(frame: pd.DataFrame) -> torch.Tensor:
+        if len(frame) == 0:  # sklearn refuses to transform zero rows (val_fraction 0)
+            return torch.zeros((0, width), dtype=torch.float32)
+        return torch.from_numpy(np.asarray(transform.transform(frame), dtype=np.float32))
+
+    return DataSplits(
+        name=name or str(cfg["name"]),
+        x_train=encode(features.iloc[parts["train"]]),
+        y_train=label_tensor(labels[parts["train"]]),
+        x_val=encode(features.iloc[parts["val"]]),
+        y_val=label_tensor(labels[parts["val"]]),
+        x_test=encode(test_features),
+        y_test=label_tensor(test_labels),
+        num_classes=len(class_names),
+        class_names=list(class_names),
+        input_shape=(width,),
+        is_image=False,
+    )
