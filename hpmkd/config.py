@@ -53,8 +53,11 @@ def register_model_groups() -> None:
         store.store(
             group="assistant", name=name, node={"arch": name, "params": params, "checkpoint": None}
         )
+        # seed null: the run's seed. A fixed teacher seed lets a seed sweep share one teacher.
         store.store(
-            group="teacher", name=name, node={"arch": name, "params": params, "checkpoint": None}
+            group="teacher",
+            name=name,
+            node={"arch": name, "params": params, "checkpoint": None, "seed": None},
         )
 
 

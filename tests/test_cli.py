@@ -129,3 +129,12 @@ def test_takd_chains_teacher_assistant_student_and_reuses_both(run_cli):
     assert b["teacher"]["extra"]["source"] == "store"
     assert a["teacher"]["params"] > a["intermediates"][0]["params"] > a["student"]["params"]
     assert b["test_acc"] > 50
+
+
+def test_fixed_teacher_seed_shares_one_teacher_across_a_seed_sweep(run_cli):
+    run = run_cli("train", "-m", "+strategy=kd", "teacher.seed=7", "seed=0,1", *TINY)
+    assert run.code == 0, run.err
+    a, b = run.results()
+    assert a["teacher"]["extra"]["store_key"] == b["teacher"]["extra"]["store_key"]
+    assert {a["teacher"]["extra"]["source"], b["teacher"]["extra"]["source"]} == {"trained", "store"}
+    assert a["val_acc_history"] != b["val_acc_history"]

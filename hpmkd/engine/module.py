@@ -73,6 +73,8 @@ class DistillModule(L.LightningModule):
         self.init_stage = init_stage
         self.teacher = FrozenTeacher(teacher, method.teacher_features) if teacher else None
         self.student_tap = FeatureTap(student, method.student_features)
+        self._epoch_sums: dict[str, Tensor] = {}
+        self._epoch_samples = 0
         top5 = num_classes > 10
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -97,10 +99,21 @@ class DistillModule(L.LightningModule):
         loss_fn = self.method.init_forward if self.init_stage else self.method
         losses = loss_fn(self.student_outputs(x), teacher, y, index)
         loss = torch.stack(list(losses.values())).sum()
-        for term, value in losses.items():
-            self.log(f"train/{term}", value.detach(), on_step=False, on_epoch=True)
-        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True)
+        self._accumulate({**losses, "loss": loss}, len(y))
         return loss
+
+    def _accumulate(self, terms: dict[str, Tensor], batch_size: int) -> None:
+        """Sum loss terms on the device; logged once per epoch (``self.log`` per step costs
+        more than a whole step of a small model)."""
+        for term, value in terms.items():
+            self._epoch_sums[term] = self._epoch_sums.get(term, 0.0) + value.detach() * batch_size
+        self._epoch_samples += batch_size
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_samples:
+            for term, total in self._epoch_sums.items():
+                self.log(f"train/{term}", total / self._epoch_samples, prog_bar=term == "loss")
+        self._epoch_sums, self._epoch_samples = {}, 0
 
     def _evaluate(self, batch: Batch, split: str) -> None:
         x, y, _ = batch

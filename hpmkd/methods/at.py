@@ -22,6 +22,8 @@ Decisions, each a constructor argument or stated here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -40,8 +42,8 @@ class AT(FeatureMethod):
 
     def __init__(
         self,
-        student_features: list[str] | str = ("stages",),
-        teacher_features: list[str] | str = ("stages",),
+        student_features: Sequence[str] | str = ("stages",),
+        teacher_features: Sequence[str] | str = ("stages",),
         p: float = 2.0,
         beta: float = 1000.0,
         ce_weight: float = 1.0,
@@ -49,12 +51,7 @@ class AT(FeatureMethod):
         temperature: float = 4.0,
     ) -> None:
         super().__init__(
-            student_features=student_features,
-            teacher_features=teacher_features,
-            beta=beta,
-            ce_weight=ce_weight,
-            kd_weight=kd_weight,
-            temperature=temperature,
+            student_features, teacher_features, beta, ce_weight, kd_weight, temperature
         )
         self.p = p
 

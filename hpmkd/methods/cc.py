@@ -60,12 +60,7 @@ class CC(FeaturePairMethod):
         gamma: float = 0.4,
         order: int = 2,
     ) -> None:
-        super().__init__(
-            student_features=student_features,
-            teacher_features=teacher_features,
-            beta=beta,
-            ce_weight=ce_weight,
-        )
+        super().__init__(student_features, teacher_features, beta, ce_weight)
         if kernel not in KERNELS:
             raise UserError(f"method 'cc': unknown kernel '{kernel}'; valid: {', '.join(KERNELS)}")
         self.embed_dim = embed_dim
@@ -87,8 +82,18 @@ class CC(FeaturePairMethod):
     def pair_loss(self, k: int, f_s: Tensor, f_t: Tensor) -> dict[str, Tensor]:
         if k >= len(self.embed_s):
             raise RuntimeError("method 'cc': setup() must run before the first forward")
-        e_s = self.embed_s[k](flatten_batch(f_s))
-        e_t = self.embed_t[k](flatten_batch(f_t))
+        embed_s, embed_t = self.embed_s[k], self.embed_t[k]
+        if (
+            math.prod(f_s.shape[1:]) != embed_s.in_features
+            or math.prod(f_t.shape[1:]) != embed_t.in_features
+        ):
+            s_name, t_name = self.feature_pairs()[k]
+            raise UserError(
+                f"method 'cc': student feature '{s_name}' {tuple(f_s.shape)} and teacher feature "
+                f"'{t_name}' {tuple(f_t.shape)} differ from the shapes the embeddings were built "
+                f"for ({embed_s.in_features} and {embed_t.in_features} values per sample)"
+            )
+        e_s, e_t = embed_s(flatten_batch(f_s)), embed_t(flatten_batch(f_t))
         if self.kernel == "crd":
             return {"cc": consecutive_congruence(e_s, e_t)}
         c_s = taylor_rbf_correlation(e_s, self.gamma, self.order)

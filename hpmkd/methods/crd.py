@@ -180,7 +180,11 @@ class CRD(DistillMethod):
 
     # --- negatives -----------------------------------------------------------------------
     def sample_indices(self, index: Tensor, labels: Tensor) -> Tensor:
-        """(B, 1 + K) indices into the banks: the anchor's own index, then K negatives."""
+        """(B, 1 + K) indices into the banks: the anchor's own index, then K negatives.
+
+        For ``other_class`` the batch's labels are recorded first, so the anchor's class (and
+        the anchor) is known before drawing.
+        """
         n, k = self.num_train, self.k
         u = torch.rand((index.shape[0], k), device=index.device, dtype=torch.float64)
         if self.negatives == "uniform":
@@ -188,6 +192,7 @@ class CRD(DistillMethod):
             r = (u * (n - 1)).long().clamp_(max=n - 2)
             negatives = r + (r >= index[:, None]).long()
         else:
+            self.bank_labels.index_copy_(0, index, labels.long())
             negatives = self._other_class(u, labels)
         return torch.cat([index[:, None], negatives], dim=1)
 
@@ -230,8 +235,6 @@ class CRD(DistillMethod):
 
     def contrast_loss(self, v_s: Tensor, v_t: Tensor, index: Tensor, labels: Tensor) -> Tensor:
         """``L_s + L_t`` against the banks as they are now (the banks are not changed here)."""
-        if self.negatives == "other_class":
-            self.bank_labels.index_copy_(0, index, labels.long())
         idx = self.sample_indices(index, labels)
         with torch.no_grad():
             rows_t = self.bank_teacher[idx]  # (B, 1 + K, D)

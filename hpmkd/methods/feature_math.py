@@ -103,6 +103,12 @@ def match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     return pool_to(f_s, size), pool_to(f_t, size)
 
 
+def fp32_bmm(a: Tensor, b: Tensor) -> Tensor:
+    """Batched ``a @ b`` in fp32 even under autocast (which would run it in half precision)."""
+    with torch.autocast(a.device.type, enabled=False):
+        return torch.bmm(a.float(), b.float())
+
+
 def pair_from_deepest(method: str, student: Sequence[str], teacher: Sequence[str]) -> list[Pair]:
     """Pair student and teacher feature names from the deepest backwards, kept shallow -> deep.
 
@@ -155,7 +161,6 @@ class FeatureMethod(DistillMethod):
 
     def __init__(
         self,
-        *,
         student_features: str | Sequence[str],
         teacher_features: str | Sequence[str],
         beta: float,

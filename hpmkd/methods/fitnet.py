@@ -102,14 +102,8 @@ class FitNet(FeatureMethod):
         ):
             if not isinstance(value, str) or not value:
                 raise UserError(f"method 'fitnet' needs {arg} = one feature name; got {value!r}")
-        super().__init__(
-            student_features=_request(student_feature),
-            teacher_features=_request(teacher_feature),
-            beta=beta,
-            ce_weight=ce_weight,
-            kd_weight=kd_weight,
-            temperature=temperature,
-        )
+        specs = (_request(student_feature), _request(teacher_feature))
+        super().__init__(*specs, beta, ce_weight, kd_weight, temperature)
         self.specs = {"student": student_feature, "teacher": teacher_feature}
         self.regressor_relu = regressor_relu
         self.regressor: nn.Module | None = None

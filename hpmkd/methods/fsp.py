@@ -27,18 +27,20 @@ Decisions, each a constructor argument or stated here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from hpmkd.errors import UserError
 from hpmkd.methods.base import MethodSetup, ModelOutputs, register_method
-from hpmkd.methods.feature_math import FeatureMethod, match_spatial, shape_error
+from hpmkd.methods.feature_math import FeatureMethod, fp32_bmm, match_spatial, shape_error
 
 
 def fsp_matrix(lower: Tensor, upper: Tensor) -> Tensor:
     """(N, C_upper, C_lower): spatial mean of the products of the two features' channels."""
     low, up = match_spatial(lower, upper)
-    return up.flatten(2) @ low.flatten(2).transpose(1, 2) / low.shape[2] / low.shape[3]
+    return fp32_bmm(up.flatten(2), low.flatten(2).transpose(1, 2)) / (low.shape[2] * low.shape[3])
 
 
 @register_method
@@ -47,8 +49,8 @@ class FSP(FeatureMethod):
 
     def __init__(
         self,
-        student_features: list[str] | str = ("stem", "stages"),
-        teacher_features: list[str] | str = ("stem", "stages"),
+        student_features: Sequence[str] | str = ("stem", "stages"),
+        teacher_features: Sequence[str] | str = ("stem", "stages"),
         init_epochs: int = 30,
         init_weight: float = 1.0,
         beta: float = 0.0,
@@ -57,12 +59,7 @@ class FSP(FeatureMethod):
         temperature: float = 4.0,
     ) -> None:
         super().__init__(
-            student_features=student_features,
-            teacher_features=teacher_features,
-            beta=beta,
-            ce_weight=ce_weight,
-            kd_weight=kd_weight,
-            temperature=temperature,
+            student_features, teacher_features, beta, ce_weight, kd_weight, temperature
         )
         if not isinstance(init_epochs, int) or isinstance(init_epochs, bool) or init_epochs < 0:
             raise UserError(f"method 'fsp' needs init_epochs >= 0; got {init_epochs!r}")

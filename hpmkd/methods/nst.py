@@ -23,11 +23,13 @@ Decisions, each a constructor argument or stated here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from hpmkd.methods.base import MethodSetup, register_method
-from hpmkd.methods.feature_math import FeatureMethod, match_spatial, warn_if_flat
+from hpmkd.methods.feature_math import FeatureMethod, fp32_bmm, match_spatial, warn_if_flat
 
 
 def channel_distribution(f: Tensor) -> Tensor:
@@ -39,7 +41,7 @@ def polynomial_mmd2(s: Tensor, t: Tensor, degree: float, coef0: float) -> Tensor
     """Squared MMD between the channel sets ``s`` (N, Cs, D) and ``t`` (N, Ct, D), batch mean."""
 
     def kernel_mean(a: Tensor, b: Tensor) -> Tensor:
-        return (a @ b.transpose(1, 2) + coef0).pow(degree).mean()
+        return (fp32_bmm(a, b.transpose(1, 2)) + coef0).pow(degree).mean()
 
     return kernel_mean(t, t) + kernel_mean(s, s) - 2 * kernel_mean(s, t)
 
@@ -50,8 +52,8 @@ class NST(FeatureMethod):
 
     def __init__(
         self,
-        student_features: list[str] | str = ("stages",),
-        teacher_features: list[str] | str = ("stages",),
+        student_features: Sequence[str] | str = ("stages",),
+        teacher_features: Sequence[str] | str = ("stages",),
         degree: float = 2.0,
         coef0: float = 0.0,
         beta: float = 50.0,
@@ -60,12 +62,7 @@ class NST(FeatureMethod):
         temperature: float = 4.0,
     ) -> None:
         super().__init__(
-            student_features=student_features,
-            teacher_features=teacher_features,
-            beta=beta,
-            ce_weight=ce_weight,
-            kd_weight=kd_weight,
-            temperature=temperature,
+            student_features, teacher_features, beta, ce_weight, kd_weight, temperature
         )
         self.degree = degree
         self.coef0 = coef0

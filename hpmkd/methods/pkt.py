@@ -45,12 +45,7 @@ class PKT(FeaturePairMethod):
         ce_weight: float = 1.0,
         include_self: bool = True,
     ) -> None:
-        super().__init__(
-            student_features=student_features,
-            teacher_features=teacher_features,
-            beta=beta,
-            ce_weight=ce_weight,
-        )
+        super().__init__(student_features, teacher_features, beta, ce_weight)
         self.include_self = include_self
 
     def conditional_probabilities(self, f: Tensor) -> Tensor:

@@ -87,7 +87,6 @@ class FeaturePairMethod(DistillMethod):
 
     def __init__(
         self,
-        *,
         student_features: Sequence[str],
         teacher_features: Sequence[str],
         beta: float,

@@ -51,12 +51,7 @@ class RKD(FeaturePairMethod):
         distance_weight: float = 25.0,
         angle_weight: float = 50.0,
     ) -> None:
-        super().__init__(
-            student_features=student_features,
-            teacher_features=teacher_features,
-            beta=beta,
-            ce_weight=ce_weight,
-        )
+        super().__init__(student_features, teacher_features, beta, ce_weight)
         self.distance_weight = distance_weight
         self.angle_weight = angle_weight
 

@@ -35,12 +35,7 @@ class SP(FeaturePairMethod):
         beta: float = 3000.0,
         ce_weight: float = 1.0,
     ) -> None:
-        super().__init__(
-            student_features=student_features,
-            teacher_features=teacher_features,
-            beta=beta,
-            ce_weight=ce_weight,
-        )
+        super().__init__(student_features, teacher_features, beta, ce_weight)
 
     def pair_loss(self, k: int, f_s: Tensor, f_t: Tensor) -> dict[str, Tensor]:
         diff = normalized_gram(f_t) - normalized_gram(f_s)

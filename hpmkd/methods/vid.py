@@ -26,6 +26,7 @@ Decisions, each a constructor argument or stated here:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -80,8 +81,8 @@ class VID(FeatureMethod):
 
     def __init__(
         self,
-        student_features: list[str] | str = ("stages",),
-        teacher_features: list[str] | str = ("stages",),
+        student_features: Sequence[str] | str = ("stages",),
+        teacher_features: Sequence[str] | str = ("stages",),
         mid_channels: int | None = None,
         init_pred_var: float = 5.0,
         eps: float = 1e-5,
@@ -91,12 +92,7 @@ class VID(FeatureMethod):
         temperature: float = 4.0,
     ) -> None:
         super().__init__(
-            student_features=student_features,
-            teacher_features=teacher_features,
-            beta=beta,
-            ce_weight=ce_weight,
-            kd_weight=kd_weight,
-            temperature=temperature,
+            student_features, teacher_features, beta, ce_weight, kd_weight, temperature
         )
         if mid_channels is not None and (not isinstance(mid_channels, int) or mid_channels < 1):
             raise UserError(f"method 'vid' needs mid_channels = null or >= 1; got {mid_channels!r}")

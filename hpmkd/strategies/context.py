@@ -139,8 +139,8 @@ class RunContext:
     def train_plain(self, model: nn.Module, *, out_dir: Path, nested: bool = False) -> FitResult:
         return self.train(model, build_method({"name": "ce"}), out_dir=out_dir, nested=nested)
 
-    def seed(self) -> None:
-        L.seed_everything(self.cfg.seed, workers=True, verbose=False)
+    def seed(self, seed: int | None = None) -> None:
+        L.seed_everything(self.cfg.seed if seed is None else seed, workers=True, verbose=False)
 
 
 @torch.no_grad()

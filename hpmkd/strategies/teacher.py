@@ -23,6 +23,11 @@ from hpmkd.strategies.context import ModelRecord, RunContext, model_params
 log = logging.getLogger("hpmkd")
 
 
+def model_seed(ctx: RunContext, model_cfg: DictConfig) -> int:
+    seed = model_cfg.get("seed")
+    return ctx.cfg.seed if seed is None else seed
+
+
 def model_spec(ctx: RunContext, model_cfg: DictConfig) -> dict[str, Any]:
     """Everything that determines a trained model's weights (its store key)."""
     return {
@@ -33,7 +38,7 @@ def model_spec(ctx: RunContext, model_cfg: DictConfig) -> dict[str, Any]:
         "data": ctx.data.fingerprint(),
         "recipe": OmegaConf.to_container(ctx.cfg.recipe, resolve=True),
         "precision": str(ctx.cfg.trainer.get("precision")),
-        "seed": ctx.cfg.seed,
+        "seed": model_seed(ctx, model_cfg),
     }
 
 
@@ -72,7 +77,7 @@ def obtain_model(
                 extra = {"source": "store", "store_key": key}
             else:
                 log.info("%s %s: not in the store, training it first", role, model_cfg.arch)
-                ctx.seed()
+                ctx.seed(model_seed(ctx, model_cfg))
                 if teacher is None:
                     result = ctx.train_plain(model, out_dir=ctx.out_dir / role, nested=True)
                 else:

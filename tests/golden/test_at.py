@@ -162,3 +162,17 @@ def test_yaml_keys_are_the_constructor_arguments():
     method = build_method(cfg)
     assert method.beta == 1000.0 and method.p == 2.0
     assert method.student_features == ("stages",)
+
+
+def test_low_precision_features_computed_in_fp32():
+    g = torch.Generator().manual_seed(5)
+    fs, ft = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)
+    method = _setup(_method(), {"stage1": fs}, {"stage1": ft})
+    logits = torch.zeros(2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        student = ModelOutputs(logits, {"stage1": fs.bfloat16()})
+        teacher = ModelOutputs(logits, {"stage1": ft.bfloat16()})
+        value = method(student, teacher, torch.zeros(2).long(), None)["at"]
+    assert value.dtype == torch.float32
+    expected = _reference_at(fs.bfloat16().float(), ft.bfloat16().float())
+    assert value.item() == pytest.approx(expected, rel=1e-5)

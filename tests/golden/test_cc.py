@@ -40,14 +40,23 @@ def _identity(d):
 
 
 def _linear(rows, w, b):
-    return [[sum(wi * x for wi, x in zip(w_row, r, strict=True)) + bi
-             for w_row, bi in zip(w, b, strict=True)] for r in rows]
+    return [
+        [
+            sum(wi * x for wi, x in zip(w_row, r, strict=True)) + bi
+            for w_row, bi in zip(w, b, strict=True)
+        ]
+        for r in rows
+    ]
 
 
 def _reference_crd(e_s, e_t):
-    delta = [[abs(a - b) for a, b in zip(rs, rt, strict=True)] for rs, rt in zip(e_s, e_t, strict=True)]
-    pairs = [sum(a * b for a, b in zip(delta[i], delta[i + 1], strict=True))
-             for i in range(len(delta) - 1)]
+    delta = [
+        [abs(a - b) for a, b in zip(rs, rt, strict=True)] for rs, rt in zip(e_s, e_t, strict=True)
+    ]
+    pairs = [
+        sum(a * b for a, b in zip(delta[i], delta[i + 1], strict=True))
+        for i in range(len(delta) - 1)
+    ]
     return sum(pairs) / len(pairs)
 
 
@@ -55,8 +64,16 @@ def _reference_gaussian(e_s, e_t, gamma, order):
     def corr(rows):
         unit = [[v / math.sqrt(sum(x * x for x in r)) for v in r] for r in rows]
         cos = [[sum(a * b for a, b in zip(u, w, strict=True)) for w in unit] for u in unit]
-        return [[sum(math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * c**p
-                     for p in range(order + 1)) for c in row] for row in cos]
+        return [
+            [
+                sum(
+                    math.exp(-2 * gamma) * (2 * gamma) ** p / math.factorial(p) * c**p
+                    for p in range(order + 1)
+                )
+                for c in row
+            ]
+            for row in cos
+        ]
 
     c_s, c_t = corr(e_s), corr(e_t)
     n = len(c_s)
@@ -127,6 +144,8 @@ def test_bad_configurations_raise_user_error():
         method.setup(MethodSetup({}, {"pool": torch.Size([2, 4])}, 3, 9))
     with pytest.raises(UserError, match="method 'cc'.*'pool' \\(3, 4\\).*'pool' \\(2, 4\\)"):
         _cc(_method(4, 4, 8), torch.randn(3, 4), torch.randn(2, 4))
+    with pytest.raises(UserError, match="method 'cc'.*'pool' \\(3, 5\\).*'pool' \\(3, 4\\)"):
+        _cc(_method(4, 4, 8), torch.randn(3, 5), torch.randn(3, 4))
 
 
 @pytest.mark.parametrize("kernel", ["crd", "gaussian"])
@@ -168,6 +187,9 @@ def test_yaml_holds_exactly_the_constructor_arguments():
     method = build_method(OmegaConf.to_container(cfg))
     assert method.student_features == method.teacher_features == ("pool",)
     assert (method.beta, method.ce_weight, method.embed_dim, method.kernel) == (
-        0.02, 1.0, 128, "crd"
+        0.02,
+        1.0,
+        128,
+        "crd",
     )
     assert (method.gamma, method.order) == (0.4, 2)

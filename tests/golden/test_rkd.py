@@ -84,7 +84,9 @@ def test_value_matches_independent_computation():
     terms = _rkd(f_s, f_t, beta=2.0)
     assert terms["rkd_distance"] == pytest.approx(2 * 25 * distance, rel=1e-4)
     assert terms["rkd_angle"] == pytest.approx(2 * 50 * angle, rel=1e-4)
-    assert (terms["rkd_distance"], terms["rkd_angle"]) == pytest.approx((5.9388447, 14.9183054), 1e-5)
+    assert (terms["rkd_distance"], terms["rkd_angle"]) == pytest.approx(
+        (5.9388447, 14.9183054), 1e-5
+    )
 
 
 def test_invariant_to_scale_translation_and_rotation_of_each_embedding():

@@ -1,6 +1,7 @@
 """Golden tests of similarity-preserving KD (Tung & Mori 2019; METHODS.md 1.2)."""
 
 import inspect
+import itertools
 import math
 from pathlib import Path
 
@@ -17,8 +18,13 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "sp.yaml"
 
 def _sp(f_s, f_t, beta=1.0, names=("f",)):
     method = build_method(
-        {"name": "sp", "student_features": list(names), "teacher_features": list(names),
-         "beta": beta, "ce_weight": 0.0}
+        {
+            "name": "sp",
+            "student_features": list(names),
+            "teacher_features": list(names),
+            "beta": beta,
+            "ce_weight": 0.0,
+        }
     )
     n = len(f_s)
     s = ModelOutputs(torch.zeros(n, 3), {names[0]: f_s})
@@ -88,7 +94,8 @@ class _Net(nn.Module):
     def __init__(self, widths, stride):
         super().__init__()
         self.convs = nn.ModuleList(
-            nn.Conv2d(a, b, 3, stride=stride, padding=1) for a, b in zip([3, *widths], widths)
+            nn.Conv2d(a, b, 3, stride=stride, padding=1)
+            for a, b in itertools.pairwise([3, *widths])
         )
         self.head = nn.Linear(widths[-1], 5)
 
@@ -107,8 +114,11 @@ def test_one_step_reduces_loss_and_only_student_gets_gradients():
     teacher = _Net([8, 8, 12], stride=2).requires_grad_(False)
     x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
     method = build_method(
-        {"name": "sp", "student_features": ["stage1", "stage2"],
-         "teacher_features": ["stage1", "stage2", "stage3"]}
+        {
+            "name": "sp",
+            "student_features": ["stage1", "stage2"],
+            "teacher_features": ["stage1", "stage2", "stage3"],
+        }
     )
     with torch.no_grad():
         s0, t0 = student(x[:2]), teacher(x[:2])
