@@ -14,6 +14,7 @@ commands:
   train    train or distil (Hydra overrides; `hpmkd train --help` lists config groups)
   models   list the model zoo with parameter counts
   store    list the artifacts in the shared store
+  report   tables (mean +- std over seeds) from finished runs
 """
 
 
@@ -148,7 +149,49 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-COMMANDS = {"train": train, "models": models, "store": store}
+def report(args: list[str]) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from hpmkd.io import write_text_atomic
+    from hpmkd.report import collect_results, summarise
+    from hpmkd.report.tables import format_markdown
+
+    parser = argparse.ArgumentParser(prog="hpmkd report", description="Summarise finished runs.")
+    parser.add_argument("dirs", nargs="+", help="directories searched for results.json (any depth)")
+    parser.add_argument("--out", default=None, help="write summary.md and summary.csv here")
+    opts = parser.parse_args(args)
+    runs = collect_results(opts.dirs)
+    table = summarise(runs)
+    view = Table(title=f"hpmkd report: {len(runs)} runs, {len(table)} configurations")
+    for column in ("data", "student", "strategy", "method", "test acc %", "vs CE", "n"):
+        view.add_column(
+            column, justify="right" if column in ("test acc %", "vs CE", "n") else "left"
+        )
+    for row in table.itertuples():
+        std = "" if row.n < 2 else f" ± {row.test_acc_std:.2f}"
+        vs_ce = "" if row.strategy == "plain" or row.vs_ce != row.vs_ce else f"{row.vs_ce:+.2f}"
+        view.add_row(
+            row.data,
+            row.student,
+            row.strategy,
+            row.method,
+            f"{row.test_acc_mean:.2f}{std}",
+            vs_ce,
+            str(row.n),
+        )
+    Console().print(view)
+    if opts.out:
+        out = Path(opts.out)
+        write_text_atomic(out / "summary.md", format_markdown(table))
+        write_text_atomic(out / "summary.csv", table.to_csv(index=False))
+        print(f"wrote {out / 'summary.md'} and {out / 'summary.csv'}")
+    return 0
+
+
+COMMANDS = {"train": train, "models": models, "store": store, "report": report}
 
 
 def main(argv: list[str] | None = None) -> None:

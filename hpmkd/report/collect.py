@@ -1,0 +1,53 @@
+"""Find results.json files below some directories and flatten them into one table."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from hpmkd.errors import UserError
+
+
+def _row(results: dict, path: Path) -> dict:
+    teacher = results.get("teacher") or {}
+    student = results["student"]
+    return {
+        "data": results["data"]["name"],
+        "strategy": results["strategy"],
+        "method": results["method"],
+        "teacher": teacher.get("arch"),
+        "student": student["arch"],
+        "recipe": results["config"]["recipe"]["name"],
+        "epochs": results["epochs"],
+        "seed": results["seed"],
+        "test_acc": results["test_acc"],
+        "acc_best": results["acc_best"],
+        "acc_last": results["acc_last"],
+        "teacher_acc": results.get("teacher_acc"),
+        "retention": results.get("retention"),
+        "compression_ratio": results.get("compression_ratio"),
+        "student_params": student["params"],
+        "extra_params": student.get("extra_params", 0),
+        "wall_time_s": results["wall_time_s"],
+        "path": str(path.parent),
+    }
+
+
+def collect_results(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """One row per completed run found below ``dirs`` (any depth)."""
+    rows = []
+    for directory in dirs:
+        root = Path(directory)
+        if not root.exists():
+            raise UserError(f"no such directory: {root}")
+        for path in sorted(root.rglob("results.json")):
+            results = json.loads(path.read_text())
+            if results.get("status") == "completed":
+                rows.append(_row(results, path))
+    if not rows:
+        raise UserError(f"no completed results.json under {', '.join(map(str, dirs))}")
+    return pd.DataFrame(rows)

@@ -1,0 +1,56 @@
+"""Group runs over seeds: mean, sample std and n per configuration, plus the CE baseline gap."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+GROUP = ["data", "recipe", "epochs", "teacher", "student", "strategy", "method"]
+METRICS = ["test_acc", "acc_best", "acc_last", "teacher_acc", "wall_time_s"]
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (every column of ``GROUP``), seeds aggregated.
+
+    ``<metric>_mean``/``<metric>_std`` (sample std, NaN for one run), ``n``, and ``vs_ce``: the
+    test-accuracy difference in points to the plain (CE-only) student of the same data, recipe,
+    epochs and student architecture, when such runs exist.
+    """
+    keys = runs[GROUP].fillna("-")
+    grouped = runs.assign(**{c: keys[c] for c in GROUP}).groupby(GROUP, sort=False)
+    table = grouped[METRICS].agg(["mean", "std"])
+    table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
+    table["n"] = grouped.size()
+    table["compression_ratio"] = grouped["compression_ratio"].first()
+    table["extra_params"] = grouped["extra_params"].first()
+    table = table.reset_index()
+    same = ["data", "recipe", "epochs", "student"]
+    baseline = table[table["strategy"] == "plain"].set_index(same)["test_acc_mean"]
+    table["vs_ce"] = [
+        row.test_acc_mean - baseline.get(tuple(getattr(row, c) for c in same), float("nan"))
+        for row in table.itertuples()
+    ]
+    return table
+
+
+def format_markdown(table: pd.DataFrame) -> str:
+    """The paper-style view: one line per configuration, accuracies as mean +- std (n)."""
+
+    def pm(mean: float, std: float) -> str:
+        if pd.isna(mean):
+            return "-"
+        return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+    lines = [
+        "| data | teacher | student | strategy | method | test acc % | val acc % (best) | "
+        "teacher acc % | vs CE (pp) | n | time s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples():
+        vs_ce = "-" if pd.isna(row.vs_ce) or row.strategy == "plain" else f"{row.vs_ce:+.2f}"
+        lines.append(
+            f"| {row.data} | {row.teacher} | {row.student} | {row.strategy} | {row.method} | "
+            f"{pm(row.test_acc_mean, row.test_acc_std)} | {pm(row.acc_best_mean, row.acc_best_std)} | "
+            f"{pm(row.teacher_acc_mean, row.teacher_acc_std)} | {vs_ce} | {row.n} | "
+            f"{row.wall_time_s_mean:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
