@@ -118,7 +118,9 @@ class CRD(DistillMethod):
         self.student_features = feature_specs(student_features, self.name, "student_features")
         self.teacher_features = feature_specs(teacher_features, self.name, "teacher_features")
         if negatives not in NEGATIVES:
-            raise UserError(f"method 'crd': negatives must be one of {NEGATIVES}; got {negatives!r}")
+            raise UserError(
+                f"method 'crd': negatives must be one of {NEGATIVES}; got {negatives!r}"
+            )
         if int(feat_dim) < 1 or int(num_negatives) < 1 or not nce_temperature > 0:
             raise UserError(
                 "method 'crd' needs feat_dim >= 1, num_negatives >= 1 and nce_temperature > 0; "
@@ -237,8 +239,8 @@ class CRD(DistillMethod):
         """``L_s + L_t`` against the banks as they are now (the banks are not changed here)."""
         idx = self.sample_indices(index, labels)
         with torch.no_grad():
-            rows_t = self.bank_teacher[idx]  # (B, 1 + K, D)
-            rows_s = self.bank_student[idx]
+            rows_t = self.bank_teacher[idx].to(v_s.dtype)  # (B, 1 + K, D)
+            rows_s = self.bank_student[idx].to(v_t.dtype)
         scores_s = torch.bmm(rows_t, v_s[:, :, None]).squeeze(2) / self.nce_temperature
         scores_t = torch.bmm(rows_s, v_t[:, :, None]).squeeze(2) / self.nce_temperature
         log_z = self._log_z(scores_s.detach(), scores_t.detach())

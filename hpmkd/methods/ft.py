@@ -14,10 +14,17 @@ Decisions, each a constructor argument or stated here:
   the paraphraser alone on the reconstruction loss (``rec_loss``: ``l2`` = mean squared error
   as RepDistiller's ``MSELoss``, or ``l1``); in the main stage the paraphraser is frozen (no
   gradient, eval mode) and only the student and the translator learn.
+- What is compared (``factor``): ``flatten`` (default) is the paper's vectorised factor, as in
+  torchdistill and mmrazor. RepDistiller, whose FT row the CRD benchmark reports, compares
+  ``attention`` vectors instead: the channel mean of the squared factor, one value per
+  position. The two differ in scale (the flattened vector has ``kC`` times more elements, so
+  its elementwise-mean distance is about ``sqrt(kC)`` times smaller at beta 200); pick
+  ``attention`` to reproduce the benchmark's loss. On 1x1 factors (2-D features) the
+  attention vector is a constant 1 and the loss is 0.
 - Reduction of the factor distance (``reduction``): ``mean`` averages ``|d|^p`` over samples
-  and factor elements, as RepDistiller, mmrazor and torchdistill do and as the benchmark's
-  beta = 200 was tuned with; ``batchmean`` is the paper's per-sample p-norm averaged over the
-  batch.
+  and factor elements, as RepDistiller (with which the benchmark's beta = 200 was tuned),
+  mmrazor and torchdistill do; ``batchmean`` is the paper's per-sample p-norm averaged over
+  the batch.
 - Layers (RepDistiller's): three 3x3 convolutions (channels ``C -> C -> kC -> kC``) with
   LeakyReLU 0.1 for the encoders; three 3x3 transposed convolutions back to ``C`` for the
   decoder; BatchNorm after each layer in the translator (``translator_bn``) but not in the
@@ -43,6 +50,7 @@ from hpmkd.methods.feature_math import FeatureMethod, as_map, feature_shape, mat
 
 REC_LOSSES = {"l2": F.mse_loss, "l1": F.l1_loss}
 REDUCTIONS = ("mean", "batchmean")
+FACTORS = ("flatten", "attention")
 
 
 def conv_stack(channels: Sequence[int], *, bn: bool, transpose: bool, slope: float) -> nn.Module:
@@ -57,10 +65,19 @@ def conv_stack(channels: Sequence[int], *, bn: bool, transpose: bool, slope: flo
     return nn.Sequential(*layers)
 
 
-def factor_distance(factor_s: Tensor, factor_t: Tensor, p: float, reduction: str) -> Tensor:
-    """Distance between L2-normalised flattened factors (fp32), after pooling to a common size."""
+def factor_vector(factor: Tensor, kind: str) -> Tensor:
+    """(N, C, H, W) -> (N, D), L2-normalised: the flattened factor, or its channel mean of
+    squares (``attention``, RepDistiller's variant)."""
+    vector = factor.pow(2).mean(dim=1).flatten(1) if kind == "attention" else factor.flatten(1)
+    return F.normalize(vector, dim=1)
+
+
+def factor_distance(
+    factor_s: Tensor, factor_t: Tensor, p: float, reduction: str, factor: str = "flatten"
+) -> Tensor:
+    """Distance between L2-normalised factor vectors (fp32), after pooling to a common size."""
     f_s, f_t = match_spatial(factor_s.float(), factor_t.float())
-    diff = (F.normalize(f_s.flatten(1), dim=1) - F.normalize(f_t.flatten(1), dim=1)).abs()
+    diff = (factor_vector(f_s, factor) - factor_vector(f_t, factor)).abs()
     if reduction == "mean":
         return diff.pow(p).mean()
     return diff.pow(p).sum(dim=1).pow(1.0 / p).mean()
@@ -77,6 +94,7 @@ class FT(FeatureMethod):
         init_epochs: int = 30,
         rate: float = 0.5,
         p: float = 1.0,
+        factor: str = "flatten",
         reduction: str = "mean",
         rec_loss: str = "l2",
         paraphraser_bn: bool = False,
@@ -95,15 +113,22 @@ class FT(FeatureMethod):
             kd_weight=kd_weight,
             temperature=temperature,
         )
+        if factor not in FACTORS:
+            raise UserError(f"method 'ft': factor must be one of {FACTORS}; got {factor!r}")
         if reduction not in REDUCTIONS:
-            raise UserError(f"method 'ft': reduction must be one of {REDUCTIONS}; got {reduction!r}")
+            raise UserError(
+                f"method 'ft': reduction must be one of {REDUCTIONS}; got {reduction!r}"
+            )
         if rec_loss not in REC_LOSSES:
-            raise UserError(f"method 'ft': rec_loss must be one of {tuple(REC_LOSSES)}; got {rec_loss!r}")
+            raise UserError(
+                f"method 'ft': rec_loss must be one of {tuple(REC_LOSSES)}; got {rec_loss!r}"
+            )
         if not rate > 0 or not p > 0:
             raise UserError(f"method 'ft' needs rate > 0 and p > 0; got rate {rate}, p {p}")
         self.init_epochs = int(init_epochs)
         self.rate = rate
         self.p = p
+        self.factor = factor
         self.reduction = reduction
         self.rec_loss = rec_loss
         self.paraphraser_bn = paraphraser_bn
@@ -150,7 +175,8 @@ class FT(FeatureMethod):
         assert self.translator is not None, "setup() was not called"
         ((f_s, f_t),) = features
         factor_s = self.translator(as_map(f_s))
-        return factor_distance(factor_s, self.teacher_factor(f_t), self.p, self.reduction)
+        factor_t = self.teacher_factor(f_t)
+        return factor_distance(factor_s, factor_t, self.p, self.reduction, self.factor)
 
     def init_forward(
         self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor

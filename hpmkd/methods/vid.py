@@ -15,8 +15,8 @@ Decisions, each a constructor argument or stated here:
   bias) -> ReLU -> 1x1 conv -> ReLU -> 1x1 conv to the teacher's channels, the hidden width
   ``mid_channels`` defaulting to the teacher's channel count (null); for two 2-D features the
   same stack of linear layers.
-- Variance init: ``alpha = softplus^-1(init_pred_var - eps)`` so that every sigma^2 starts at
-  ``init_pred_var`` = 5, with ``eps`` = 1e-5 (authors' code).
+- Variance init: ``alpha`` (the authors' ``log_scale``) ``= softplus^-1(init_pred_var - eps)``,
+  so that every sigma^2 starts at ``init_pred_var`` = 5, with ``eps`` = 1e-5 (authors' code).
 - Reduction: the mean over samples, channels and positions (benchmark), where the paper sums.
 - beta = 1 (CRD benchmark). Stages (default every stage) are paired from the deepest backwards
   when the counts differ; maps of different spatial size are average-pooled adaptively to the

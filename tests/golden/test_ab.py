@@ -72,10 +72,18 @@ def test_invariant_to_positive_scaling_of_the_teacher(scale):
     method = _setup(build_method({"name": "ab"}), {"s": (4, 3, 4, 4)}, {"t": (4, 5, 4, 4)})
     method.eval()
     f_s, f_t = torch.randn(4, 3, 4, 4), torch.randn(4, 5, 4, 4)
-    base = method.init_forward(ModelOutputs(torch.zeros(4, 3), {"s": f_s}),
-                               ModelOutputs(torch.zeros(4, 3), {"t": f_t}), None, None)["ab"]
-    scaled = method.init_forward(ModelOutputs(torch.zeros(4, 3), {"s": f_s}),
-                                 ModelOutputs(torch.zeros(4, 3), {"t": scale * f_t}), None, None)
+    base = method.init_forward(
+        ModelOutputs(torch.zeros(4, 3), {"s": f_s}),
+        ModelOutputs(torch.zeros(4, 3), {"t": f_t}),
+        None,
+        None,
+    )["ab"]
+    scaled = method.init_forward(
+        ModelOutputs(torch.zeros(4, 3), {"s": f_s}),
+        ModelOutputs(torch.zeros(4, 3), {"t": scale * f_t}),
+        None,
+        None,
+    )
     assert scaled["ab"].item() == pytest.approx(base.item(), rel=1e-6)
 
 
@@ -97,10 +105,14 @@ def test_batch_of_copies_has_the_value_of_one_sample():
 
 W1 = [[0.5, -1.0], [2.0, 0.25], [-0.5, 1.5]]  # stage 1: 2 -> 3 channels
 W2 = [[1.0, -2.0, 0.5]]  # stage 2: 3 -> 1 channel
-S1 = [[[[0.3, -1.2], [2.0, 0.1]], [[-0.7, 0.4], [1.1, -0.2]]],
-      [[[1.5, 0.0], [-0.3, 0.8]], [[0.2, -1.0], [0.6, 0.9]]]]  # (2, 2, 2, 2)
-T1 = [[[[1.0, -1.0], [0.5, 0.0]], [[-2.0, 0.3], [1.0, -0.1]], [[0.2, 0.2], [-0.4, 3.0]]],
-      [[[-1.0, 1.0], [1.0, 1.0]], [[0.5, -0.5], [-0.5, 0.5]], [[-1.0, -2.0], [2.0, 0.7]]]]
+S1 = [
+    [[[0.3, -1.2], [2.0, 0.1]], [[-0.7, 0.4], [1.1, -0.2]]],
+    [[[1.5, 0.0], [-0.3, 0.8]], [[0.2, -1.0], [0.6, 0.9]]],
+]  # (2, 2, 2, 2)
+T1 = [
+    [[[1.0, -1.0], [0.5, 0.0]], [[-2.0, 0.3], [1.0, -0.1]], [[0.2, 0.2], [-0.4, 3.0]]],
+    [[[-1.0, 1.0], [1.0, 1.0]], [[0.5, -0.5], [-0.5, 0.5]], [[-1.0, -2.0], [2.0, 0.7]]],
+]
 S2 = [[0.4, -0.6, 1.0], [-1.5, 0.2, 0.3]]  # (2, 3), MLP-like
 T2 = [[0.9], [-0.2]]  # (2, 1)
 
@@ -201,7 +213,9 @@ def test_one_step_init_stage_and_main_stage():
     t_shapes = {f"t_{k}": v.shape for k, v in teacher(x).features.items()}
     _setup(method, s_shapes, t_shapes)
     params = method.init_parameters(student)
-    assert len(params) == len(list(student.parameters())) + len(list(method.connectors.parameters()))
+    assert len(params) == len(list(student.parameters())) + len(
+        list(method.connectors.parameters())
+    )
 
     def loss():
         with torch.no_grad():
@@ -255,8 +269,11 @@ def test_handled_mismatches_channels_sizes_and_stage_counts():
     value = method.init_forward(s, t, None, None)["ab"]
     assert torch.isfinite(value) and value.item() > 0
     # MLP pairs (2-D) and a 2-D student against a teacher map
-    method = _setup(build_method({"name": "ab"}), {"h1": (4, 6), "h2": (4, 3)},
-                    {"t1": (4, 5, 2, 2), "t2": (4, 8)})
+    method = _setup(
+        build_method({"name": "ab"}),
+        {"h1": (4, 6), "h2": (4, 3)},
+        {"t1": (4, 5, 2, 2), "t2": (4, 8)},
+    )
     s = ModelOutputs(torch.zeros(4, 3), {"h1": torch.randn(4, 6), "h2": torch.randn(4, 3)})
     t = ModelOutputs(torch.zeros(4, 3), {"t1": torch.randn(4, 5, 2, 2), "t2": torch.randn(4, 8)})
     assert torch.isfinite(method.init_forward(s, t, None, None)["ab"])

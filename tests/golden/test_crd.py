@@ -1,7 +1,8 @@
-"""Golden tests of CRD, contrastive representation distillation (Tian et al. 2020; METHODS.md 1.2)."""
+"""Golden tests of CRD, contrastive representation distillation (Tian et al. 2020)."""
 
 import inspect
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,10 @@ def _embed(linear, f):
     w, b = linear.weight.tolist(), linear.bias.tolist()
     rows = []
     for x in f.tolist():
-        y = [sum(wi * xi for wi, xi in zip(wr, x, strict=True)) + bi for wr, bi in zip(w, b, strict=True)]
+        y = [
+            sum(wi * xi for wi, xi in zip(wr, x, strict=True)) + bi
+            for wr, bi in zip(w, b, strict=True)
+        ]
         norm = math.sqrt(sum(v * v for v in y))
         rows.append([v / norm for v in y])
     return rows
@@ -188,8 +192,9 @@ def test_bank_is_a_buffer_untouched_by_gradients_and_reset_from_the_reference_ra
         assert bank.min() >= -bound and bank.max() <= bound
     assert all(p.shape != (50, 12) for p in method.parameters())
     f_s = torch.randn(4, 5, requires_grad=True)
-    terms = method(*_outputs(f_s, torch.randn(4, 7)), torch.tensor([0, 1, 2, 0]),
-                   torch.tensor([1, 2, 3, 4]))
+    terms = method(
+        *_outputs(f_s, torch.randn(4, 7)), torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 3, 4])
+    )
     after_forward = method.bank_student.clone(), method.bank_teacher.clone()
     terms["crd"].backward()
     assert method.bank_student.grad is None and method.bank_teacher.grad is None
@@ -265,8 +270,9 @@ def test_negatives_clipped_to_the_training_set():
     method = _build(num_train=5, num_negatives=16384)
     assert method.k == 4
     torch.manual_seed(12)
-    terms = method(*_outputs(torch.randn(2, 5), torch.randn(2, 7)), torch.tensor([0, 1]),
-                   torch.tensor([0, 3]))
+    terms = method(
+        *_outputs(torch.randn(2, 5), torch.randn(2, 7)), torch.tensor([0, 1]), torch.tensor([0, 3])
+    )
     assert torch.isfinite(terms["crd"])
     with pytest.raises(UserError, match="'crd' needs at least 2 training samples"):
         _build(num_train=1)
@@ -286,11 +292,13 @@ def test_single_process_skips_the_all_gather(monkeypatch):
     monkeypatch.setattr(dist, "all_reduce", fail)
     method = _build()
     torch.manual_seed(13)
-    method(*_outputs(torch.randn(2, 5), torch.randn(2, 7)), torch.tensor([0, 1]),
-           torch.tensor([0, 3]))
+    method(
+        *_outputs(torch.randn(2, 5), torch.randn(2, 7)), torch.tensor([0, 1]), torch.tensor([0, 3])
+    )
 
 
 def _rank_main(rank, store, out_dir):
+    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         torch.manual_seed(0)  # same seed on both ranks: the same initial banks and heads
@@ -317,9 +325,20 @@ def _rank_main(rank, store, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.skipif(
+    "fork" not in mp.get_all_start_methods() or not dist.is_gloo_available(),
+    reason="needs fork and the gloo backend",
+)
 def test_two_ranks_keep_identical_banks(tmp_path):
-    mp.start_processes(_rank_main, args=(tmp_path / "store", tmp_path), nprocs=2,
-                       start_method="fork")
+    context = mp.start_processes(
+        _rank_main, args=(tmp_path / "store", tmp_path), nprocs=2, join=False, start_method="fork"
+    )
+    deadline = time.monotonic() + 60
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the two ranks did not finish in 60 s")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for key in ("bank_student", "bank_teacher", "bank_labels", "z"):
         assert torch.equal(r0[key], r1[key]), key

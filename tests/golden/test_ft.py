@@ -94,10 +94,22 @@ def test_value_with_pooling_matches_independent_computation():
     assert got_mean == pytest.approx(0.36514837, rel=1e-5)  # pinned
 
 
+def test_attention_factor_variant_matches_independent_computation():
+    # RepDistiller's variant: channel mean of the squared factor, one value per position
+    f_s = [[[[1.0, -2.0]], [[3.0, 0.0]]]]  # (1, 2, 1, 2)
+    f_t = [[[[0.5, 1.0]], [[0.5, -1.0]]]]
+    a_s = _normalised([(1.0 + 9.0) / 2, (4.0 + 0.0) / 2])
+    a_t = _normalised([(0.25 + 0.25) / 2, (1.0 + 1.0) / 2])
+    expected = sum(abs(a - b) for a, b in zip(a_s, a_t, strict=True)) / 2
+    got = factor_distance(torch.tensor(f_s), torch.tensor(f_t), 1.0, "mean", "attention")
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_method_loss_is_beta_times_distance_of_translator_and_paraphraser_factors():
     torch.manual_seed(1)
-    method = _setup(build_method({"name": "ft", "beta": 3.0}), {"s": (4, 3, 4, 4)},
-                    {"t": (4, 6, 4, 4)})
+    method = _setup(
+        build_method({"name": "ft", "beta": 3.0}), {"s": (4, 3, 4, 4)}, {"t": (4, 6, 4, 4)}
+    )
     f_s, f_t = torch.randn(4, 3, 4, 4), torch.relu(torch.randn(4, 6, 4, 4))
     y = torch.tensor([0, 1, 2, 0])
     logits = torch.randn(4, 3)
@@ -108,7 +120,7 @@ def test_method_loss_is_beta_times_distance_of_translator_and_paraphraser_factor
     factor_s = method.translator(f_s)
     factor_t = method.encoder(f_t)
     assert factor_t.shape[1] == 3  # rate 0.5 of 6 channels
-    manual = (F.normalize(factor_s.flatten(1), dim=1) - F.normalize(factor_t.flatten(1), dim=1))
+    manual = F.normalize(factor_s.flatten(1), dim=1) - F.normalize(factor_t.flatten(1), dim=1)
     assert terms["ft"].item() == pytest.approx(3.0 * manual.abs().mean().item(), rel=1e-5)
     assert terms["ce"].item() == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
 
@@ -132,8 +144,9 @@ def test_init_stage_trains_the_paraphraser_only_and_main_stage_freezes_it():
     student = _TinyNet(4)
     teacher = _TinyNet(8).requires_grad_(False).eval()
     x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 3, (8,))
-    method = _setup(build_method({"name": "ft"}), {"s_stage1": (8, 4, 6, 6)},
-                    {"t_stage1": (8, 8, 6, 6)})
+    method = _setup(
+        build_method({"name": "ft"}), {"s_stage1": (8, 4, 6, 6)}, {"t_stage1": (8, 8, 6, 6)}
+    )
     assert method.init_epochs == 30
     paraphraser = list(method.encoder.parameters()) + list(method.decoder.parameters())
     assert {id(p) for p in method.init_parameters(student)} == {id(p) for p in paraphraser}
@@ -168,7 +181,9 @@ def test_init_stage_trains_the_paraphraser_only_and_main_stage_freezes_it():
     before = main_loss()
     before.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.translator.parameters())
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in method.translator.parameters()
+    )
     assert all(p.grad is None for p in paraphraser)
     assert all(p.grad is None for p in teacher.parameters())
     _sgd_step(trainable, lr=0.05)
@@ -178,8 +193,11 @@ def test_init_stage_trains_the_paraphraser_only_and_main_stage_freezes_it():
 
 def test_paraphraser_batchnorm_is_not_updated_in_the_main_stage():
     torch.manual_seed(3)
-    method = _setup(build_method({"name": "ft", "paraphraser_bn": True}), {"s": (4, 2, 3, 3)},
-                    {"t": (4, 4, 3, 3)})
+    method = _setup(
+        build_method({"name": "ft", "paraphraser_bn": True}),
+        {"s": (4, 2, 3, 3)},
+        {"t": (4, 4, 3, 3)},
+    )
     stats = {k: v.clone() for k, v in method.encoder.state_dict().items() if "running" in k}
     assert stats
     s = ModelOutputs(torch.zeros(4, 3), {"s": torch.randn(4, 2, 3, 3)})
@@ -217,10 +235,15 @@ def test_unhandled_features_are_user_errors():
     with pytest.raises(UserError, match=r"'ft'.*'seq' \(4, 7, 16\)"):
         _setup(build_method({"name": "ft"}), {"s": (4, 3, 4, 4)}, {"seq": (4, 7, 16)})
     with pytest.raises(UserError, match="'ft' transfers one feature"):
-        _setup(build_method({"name": "ft"}), {"a": (4, 3, 4, 4), "b": (4, 3, 4, 4)},
-               {"t": (4, 3, 4, 4)})
+        _setup(
+            build_method({"name": "ft"}),
+            {"a": (4, 3, 4, 4), "b": (4, 3, 4, 4)},
+            {"t": (4, 3, 4, 4)},
+        )
     with pytest.raises(UserError, match="'ft': reduction"):
         build_method({"name": "ft", "reduction": "sum"})
+    with pytest.raises(UserError, match="'ft': factor"):
+        build_method({"name": "ft", "factor": "pca"})
 
 
 # --- config ---------------------------------------------------------------------------------
