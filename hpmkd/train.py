@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +63,13 @@ def find_resume_checkpoint(cfg: DictConfig, out_dir: Path, key: str) -> str | No
     )
 
 
+def _finish_wandb() -> None:
+    """One wandb run per job: without finish() every job of a multirun logs into the first."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
 def run_train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     config.validate(cfg)
@@ -78,7 +86,10 @@ def run_train(cfg: DictConfig) -> dict:
         store=ArtifactStore(cfg.store.root),
         ckpt_path=ckpt_path,
     )
-    result = run_strategy(strategy, ctx)
+    try:
+        result = run_strategy(strategy, ctx)
+    finally:
+        _finish_wandb()
     results = build_results(
         strategy=strategy,
         result=result,

@@ -136,5 +136,8 @@ def test_fixed_teacher_seed_shares_one_teacher_across_a_seed_sweep(run_cli):
     assert run.code == 0, run.err
     a, b = run.results()
     assert a["teacher"]["extra"]["store_key"] == b["teacher"]["extra"]["store_key"]
-    assert {a["teacher"]["extra"]["source"], b["teacher"]["extra"]["source"]} == {"trained", "store"}
+    assert {a["teacher"]["extra"]["source"], b["teacher"]["extra"]["source"]} == {
+        "trained",
+        "store",
+    }
     assert a["val_acc_history"] != b["val_acc_history"]

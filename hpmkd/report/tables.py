@@ -47,10 +47,12 @@ def format_markdown(table: pd.DataFrame) -> str:
     ]
     for row in table.itertuples():
         vs_ce = "-" if pd.isna(row.vs_ce) or row.strategy == "plain" else f"{row.vs_ce:+.2f}"
+        accuracies = " | ".join(
+            pm(getattr(row, f"{m}_mean"), getattr(row, f"{m}_std"))
+            for m in ("test_acc", "acc_best", "teacher_acc")
+        )
         lines.append(
             f"| {row.data} | {row.teacher} | {row.student} | {row.strategy} | {row.method} | "
-            f"{pm(row.test_acc_mean, row.test_acc_std)} | {pm(row.acc_best_mean, row.acc_best_std)} | "
-            f"{pm(row.teacher_acc_mean, row.teacher_acc_std)} | {vs_ce} | {row.n} | "
-            f"{row.wall_time_s_mean:.0f} |"
+            f"{accuracies} | {vs_ce} | {row.n} | {row.wall_time_s_mean:.0f} |"
         )
     return "\n".join(lines) + "\n"

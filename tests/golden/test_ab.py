@@ -1,35 +1,23 @@
 """Golden tests of AB, activation boundaries (Heo et al. 2019; METHODS.md 1.2)."""
 
-import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import ModelOutputs, build_method
 from hpmkd.methods.ab import boundary_loss
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "ab.yaml"
+from .helpers import check_one_step, method_from_yaml, setup_method
+
 BN_EPS = 1e-5
 
 
-def _setup(method, s_shapes, t_shapes, num_classes=3):
-    method.student_features = tuple(s_shapes)
-    method.teacher_features = tuple(t_shapes)
-    method.setup(
-        MethodSetup(
-            student_shapes={k: torch.Size(v) for k, v in s_shapes.items()},
-            teacher_shapes={k: torch.Size(v) for k, v in t_shapes.items()},
-            num_classes=num_classes,
-            num_train=100,
-        )
-    )
-    return method
+def _setup(method, s_shapes, t_shapes):
+    return setup_method(method, s_shapes, t_shapes, num_train=100)
 
 
 def _reference_alternative(source: list[float], target: list[float], margin: float) -> float:
@@ -189,14 +177,6 @@ class _TinyNet(nn.Module):
         return ModelOutputs(logits, {"stage1_pre": p1, "stage2_pre": p2})
 
 
-def _sgd_step(params, lr):
-    """Plain SGD step (torch.optim's first step imports torch._dynamo: seconds, not needed)."""
-    with torch.no_grad():
-        for p in params:
-            if p.grad is not None:
-                p -= lr * p.grad
-
-
 def _outputs(model, x, prefix):
     out = model(x)
     return ModelOutputs(out.logits, {f"{prefix}{k}": v for k, v in out.features.items()})
@@ -224,15 +204,9 @@ def test_one_step_init_stage_and_main_stage():
         assert set(terms) == {"ab"}
         return sum(terms.values())
 
-    before = loss()
-    before.backward()
-    for p in list(student.conv1.parameters()) + list(student.conv2.parameters()):
-        assert p.grad is not None and p.grad.abs().sum() > 0
-    for p in method.connectors.parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0
-    assert all(p.grad is None for p in teacher.parameters())
-    _sgd_step(params, lr=0.05)
-    assert loss().item() < before.item()
+    learn = [*student.conv1.parameters(), *student.conv2.parameters()]
+    learn += method.connectors.parameters()
+    check_one_step(loss, learn, teacher.parameters(), lr=0.05, step=params)
 
     # main stage, CRD-benchmark default: CE only (RepDistiller sets the AB term to 0)
     terms = method(_outputs(student, x, "s_"), _outputs(teacher, x, "t_"), y, torch.arange(16))
@@ -294,11 +268,7 @@ def test_bad_parameter_is_a_user_error():
 
 
 def test_yaml_keys_are_exactly_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    assert cfg.name == "ab"
-    args = set(inspect.signature(METHODS["ab"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == args
-    method = build_method(OmegaConf.to_container(cfg))
+    method = method_from_yaml("ab")
     assert method.init_epochs == 30 and method.margin == 1.0
     assert method.main_stage_distill is False and method.beta == 0.0
     assert method.student_features == ("stages_pre",)

@@ -1,42 +1,19 @@
 """Golden tests of attention transfer (Zagoruyko & Komodakis 2017; METHODS.md 1.2)."""
 
-import inspect
 import logging
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-from torch import nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import build_method
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "at.yaml"
-
-
-def _setup(method, student: dict, teacher: dict):
-    method.student_features = tuple(student)
-    method.teacher_features = tuple(teacher)
-    method.setup(
-        MethodSetup(
-            {k: v.shape for k, v in student.items()},
-            {k: v.shape for k, v in teacher.items()},
-            num_classes=3,
-            num_train=10,
-        )
-    )
-    return method
+from .helpers import feature_terms, method_from_yaml, setup_method, two_stage_conv_pair
 
 
 def _at(method, student: dict, teacher: dict) -> float:
-    n = next(iter(student.values())).shape[0]
-    logits = torch.zeros(n, 3)
-    terms = method(
-        ModelOutputs(logits, student), ModelOutputs(logits, teacher), torch.zeros(n).long(), None
-    )
-    return terms["at"].item()
+    return feature_terms(method, student, teacher)["at"].item()
 
 
 def _method(**kwargs):
@@ -62,19 +39,19 @@ def _reference_at(fs: torch.Tensor, ft: torch.Tensor) -> float:
 
 def test_identical_features_give_zero_and_orthogonal_maps_the_maximum():
     f = torch.randn(2, 4, 3, 3)
-    method = _setup(_method(), {"stage1": f}, {"stage1": f})
+    method = setup_method(_method(), {"stage1": f}, {"stage1": f})
     assert _at(method, {"stage1": f}, {"stage1": f.clone()}) == pytest.approx(0.0, abs=1e-7)
     # disjoint supports: attention maps e_1 and e_2, so mean((a_s - a_t)^2) = 2 / (H * W)
     s, t = torch.zeros(1, 2, 3, 3), torch.zeros(1, 5, 3, 3)
     s[0, :, 0, 0], t[0, :, 2, 1] = 1.5, -4.0
-    method = _setup(_method(), {"stage1": s}, {"stage1": t})
+    method = setup_method(_method(), {"stage1": s}, {"stage1": t})
     assert _at(method, {"stage1": s}, {"stage1": t}) == pytest.approx(2 / 9, rel=1e-6)
 
 
 def test_invariant_to_positive_scaling_and_channel_count():
     torch.manual_seed(0)
     fs, ft = torch.randn(3, 4, 4, 4), torch.randn(3, 6, 4, 4)
-    method = _setup(_method(), {"stage1": fs}, {"stage1": ft})
+    method = setup_method(_method(), {"stage1": fs}, {"stage1": ft})
     base = _at(method, {"stage1": fs}, {"stage1": ft})
     assert _at(method, {"stage1": 7.5 * fs}, {"stage1": 0.01 * ft}) == pytest.approx(base, rel=1e-5)
     # the same map spread over twice the channels: the teacher's attention does not change
@@ -86,7 +63,7 @@ def test_value_matches_independent_computation():
     g = torch.Generator().manual_seed(3)
     fs = torch.randn(2, 3, 2, 3, generator=g)
     ft = torch.randn(2, 5, 2, 3, generator=g)
-    method = _setup(_method(beta=1000.0), {"stage1": fs}, {"stage1": ft})
+    method = setup_method(_method(beta=1000.0), {"stage1": fs}, {"stage1": ft})
     got = _at(method, {"stage1": fs}, {"stage1": ft})
     assert got == pytest.approx(1000.0 * _reference_at(fs, ft), rel=1e-5)
 
@@ -97,7 +74,7 @@ def test_stages_summed_paired_from_the_deepest_and_sizes_pooled():
     t0, t1 = torch.randn(2, 2, 8, 8, generator=g), torch.randn(2, 6, 2, 2, generator=g)
     t2 = torch.randn(2, 8, 4, 4, generator=g)
     student, teacher = {"stage1": s1, "stage2": s2}, {"stage1": t0, "stage2": t1, "stage3": t2}
-    method = _setup(_method(), student, teacher)
+    method = setup_method(_method(), student, teacher)
     assert method.pairs == [("stage1", "stage2"), ("stage2", "stage3")]
     # stage1 (4x4) meets teacher stage2 (2x2): the student map is 2x2-average-pooled first;
     # student stage2 (2x2) meets teacher stage3 (4x4): the teacher map is pooled
@@ -110,56 +87,27 @@ def test_stages_summed_paired_from_the_deepest_and_sizes_pooled():
 def test_flat_features_are_constant_maps_and_warned_about(caplog):
     fs, ft = torch.randn(4, 8), torch.randn(4, 16)
     with caplog.at_level(logging.WARNING, logger="hpmkd"):
-        method = _setup(_method(), {"hidden1": fs}, {"hidden2": ft})
+        method = setup_method(_method(), {"hidden1": fs}, {"hidden2": ft})
     assert "1x1 spatial extent" in caplog.text
     assert _at(method, {"hidden1": fs}, {"hidden2": ft}) == pytest.approx(0.0, abs=1e-7)
 
 
 def test_bad_feature_rank_raises_user_error_naming_the_method():
     with pytest.raises(UserError, match=r"'at'.*student 'tokens' \(2, 5, 8\)"):
-        _setup(_method(), {"tokens": torch.zeros(2, 5, 8)}, {"stage1": torch.zeros(2, 4, 2, 2)})
+        setup_method(
+            _method(), {"tokens": torch.zeros(2, 5, 8)}, {"stage1": torch.zeros(2, 4, 2, 2)}
+        )
     with pytest.raises(UserError, match="bad parameters for method 'at'"):
         build_method({"name": "at", "q": 3})
 
 
 def test_one_step_reduces_loss_and_only_student_gets_gradients():
-    torch.manual_seed(0)
-    student = nn.ModuleList(
-        [nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 8, 3, stride=2, padding=1)]
-    )
-    teacher = nn.ModuleList([nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)])
-    teacher.requires_grad_(False)
-    head = nn.Linear(8, 3)
-    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
-
-    def outputs():
-        h1 = torch.relu(student[0](x))
-        h2 = torch.relu(student[1](h1))
-        with torch.no_grad():
-            g1 = torch.relu(teacher[0](x))
-            g2 = torch.relu(teacher[1](g1))
-        s = ModelOutputs(head(h2.mean((2, 3))), {"stage1": h1, "stage2": h2})
-        return s, ModelOutputs(torch.zeros(8, 3), {"stage1": g1, "stage2": g2})
-
-    method = build_method({"name": "at"})
-    s, t = outputs()
-    _setup(method, s.features, t.features)
-    params = [*student.parameters(), *head.parameters()]
-    before = sum(method(s, t, y, torch.arange(8)).values())
-    before.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    assert all(p.grad is None for p in teacher.parameters())
-    with torch.no_grad():  # a plain SGD step (torch.optim's first use costs seconds of imports)
-        for p in params:
-            p -= 1e-3 * p.grad
-    assert sum(method(*outputs(), y, torch.arange(8)).values()).item() < before.item()
+    pair = two_stage_conv_pair()
+    pair.check_one_step(pair.setup(build_method({"name": "at"})), lr=1e-3)
 
 
 def test_yaml_keys_are_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    args = set(inspect.signature(METHODS["at"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == args
-    method = build_method(cfg)
+    method = method_from_yaml("at", to_container=False)
     assert method.beta == 1000.0 and method.p == 2.0
     assert method.student_features == ("stages",)
 
@@ -167,12 +115,9 @@ def test_yaml_keys_are_the_constructor_arguments():
 def test_low_precision_features_computed_in_fp32():
     g = torch.Generator().manual_seed(5)
     fs, ft = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)
-    method = _setup(_method(), {"stage1": fs}, {"stage1": ft})
-    logits = torch.zeros(2, 3)
+    method = setup_method(_method(), {"stage1": fs}, {"stage1": ft})
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        student = ModelOutputs(logits, {"stage1": fs.bfloat16()})
-        teacher = ModelOutputs(logits, {"stage1": ft.bfloat16()})
-        value = method(student, teacher, torch.zeros(2).long(), None)["at"]
+        value = feature_terms(method, {"stage1": fs.bfloat16()}, {"stage1": ft.bfloat16()})["at"]
     assert value.dtype == torch.float32
     expected = _reference_at(fs.bfloat16().float(), ft.bfloat16().float())
     assert value.item() == pytest.approx(expected, rel=1e-5)

@@ -1,25 +1,21 @@
 """Golden tests of correlation congruence (Peng et al. 2019) as the CRD benchmark runs it."""
 
-import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-from torch import nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import build_method
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "cc.yaml"
+from .helpers import feature_terms, method_from_yaml, pooled_mlp_pair, setup_shapes
 
 
 def _method(d_s, d_t, embed_dim, weights=None, **args):
     """A CC method set up for pooled features of widths d_s, d_t; ``weights`` = ((W_s, b_s),
     (W_t, b_t)) overwrites the two embeddings."""
     method = build_method({"name": "cc", "embed_dim": embed_dim, "ce_weight": 0.0, **args})
-    method.setup(MethodSetup({"pool": torch.Size([2, d_s])}, {"pool": torch.Size([2, d_t])}, 3, 9))
+    setup_shapes(method, {"pool": (2, d_s)}, {"pool": (2, d_t)}, num_train=9)
     if weights is not None:
         with torch.no_grad():
             for embed, (w, b) in zip((method.embed_s[0], method.embed_t[0]), weights, strict=True):
@@ -29,10 +25,7 @@ def _method(d_s, d_t, embed_dim, weights=None, **args):
 
 
 def _cc(method, f_s, f_t):
-    n = len(f_s)
-    s = ModelOutputs(torch.zeros(n, 3), {"pool": f_s})
-    t = ModelOutputs(torch.zeros(n, 3), {"pool": f_t})
-    return method(s, t, torch.zeros(n, dtype=torch.long), torch.arange(n))["cc"]
+    return feature_terms(method, {"pool": f_s}, {"pool": f_t}, with_index=True)["cc"]
 
 
 def _identity(d):
@@ -122,14 +115,11 @@ def test_gaussian_kernel_is_invariant_to_the_norm_of_each_embedding():
 
 def test_handles_different_widths_and_maps_and_batch_of_one():
     method = build_method({"name": "cc", "student_features": ["stage2"]})
-    method.setup(
-        MethodSetup({"stage2": torch.Size([2, 4, 3, 3])}, {"pool": torch.Size([2, 10])}, 3, 9)
-    )
+    setup_shapes(method, {"stage2": (2, 4, 3, 3)}, {"pool": (2, 10)}, num_train=9)
     assert method.embed_s[0].in_features == 36 and method.embed_t[0].in_features == 10
     assert method.extra_parameters() == (36 + 1) * 128 + (10 + 1) * 128
-    s = ModelOutputs(torch.zeros(4, 3), {"stage2": torch.randn(4, 4, 3, 3)})
-    t = ModelOutputs(torch.zeros(4, 3), {"pool": torch.randn(4, 10)})
-    terms = method(s, t, torch.zeros(4, dtype=torch.long), torch.arange(4))
+    s, t = {"stage2": torch.randn(4, 4, 3, 3)}, {"pool": torch.randn(4, 10)}
+    terms = feature_terms(method, s, t, with_index=True)
     assert torch.isfinite(terms["cc"]) and terms["cc"].item() > 0
     for kernel in ("crd", "gaussian"):
         one = _cc(_method(3, 5, 8, kernel=kernel), torch.randn(1, 3), torch.randn(1, 5))
@@ -141,7 +131,7 @@ def test_bad_configurations_raise_user_error():
         build_method({"name": "cc", "kernel": "rbf"})
     method = build_method({"name": "cc", "student_features": [], "teacher_features": ["pool"]})
     with pytest.raises(UserError, match="method 'cc'"):
-        method.setup(MethodSetup({}, {"pool": torch.Size([2, 4])}, 3, 9))
+        setup_shapes(method, {}, {"pool": (2, 4)}, num_train=9)
     with pytest.raises(UserError, match="method 'cc'.*'pool' \\(3, 4\\).*'pool' \\(2, 4\\)"):
         _cc(_method(4, 4, 8), torch.randn(3, 4), torch.randn(2, 4))
     with pytest.raises(UserError, match="method 'cc'.*'pool' \\(3, 5\\).*'pool' \\(3, 4\\)"):
@@ -150,43 +140,16 @@ def test_bad_configurations_raise_user_error():
 
 @pytest.mark.parametrize("kernel", ["crd", "gaussian"])
 def test_one_step_reduces_loss_and_gradients_reach_student_and_connectors(kernel):
-    torch.manual_seed(0)
-    student_body, student_head = nn.Sequential(nn.Linear(8, 6), nn.ReLU()), nn.Linear(6, 5)
-    teacher_body = nn.Sequential(nn.Linear(8, 12), nn.ReLU()).requires_grad_(False)
-    teacher_head = nn.Linear(12, 5).requires_grad_(False)
-    x, y = torch.randn(16, 8), torch.randint(0, 5, (16,))
+    pair = pooled_mlp_pair()
     method = build_method({"name": "cc", "kernel": kernel, "beta": 1.0})
-    method.setup(MethodSetup({"pool": torch.Size([2, 6])}, {"pool": torch.Size([2, 12])}, 5, 16))
-    student_params = [*student_body.parameters(), *student_head.parameters()]
-    connector_params = list(method.parameters())
-    assert len(connector_params) == 4  # weight and bias of both embeddings
-    params, lr = list(student_params + connector_params), 0.01
-
-    def loss():
-        with torch.no_grad():
-            f_t = teacher_body(x)
-            t_out = ModelOutputs(teacher_head(f_t), {"pool": f_t})
-        f_s = student_body(x)
-        terms = method(ModelOutputs(student_head(f_s), {"pool": f_s}), t_out, y, torch.arange(16))
-        assert set(terms) == {"ce", "cc"}
-        return sum(terms.values())
-
-    before = loss()
-    before.backward()
-    for p in student_params + connector_params:
-        assert p.grad is not None and p.grad.abs().sum() > 0
-    assert all(p.grad is None for p in [*teacher_body.parameters(), *teacher_head.parameters()])
-    with torch.no_grad():  # one plain SGD step
-        for p in params:
-            p -= lr * p.grad
-    assert loss().item() < before.item()
+    setup_shapes(method, {"pool": (2, 6)}, {"pool": (2, 12)}, num_classes=5, num_train=16)
+    connectors = list(method.parameters())
+    assert len(connectors) == 4  # weight and bias of both embeddings
+    pair.check_one_step(method, lr=0.01, connectors=connectors, expected={"ce", "cc"})
 
 
 def test_yaml_holds_exactly_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    params = set(inspect.signature(METHODS["cc"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == params
-    method = build_method(OmegaConf.to_container(cfg))
+    method = method_from_yaml("cc")
     assert method.student_features == method.teacher_features == ("pool",)
     assert (method.beta, method.ce_weight, method.embed_dim, method.kernel) == (
         0.02,

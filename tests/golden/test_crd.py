@@ -1,54 +1,36 @@
 """Golden tests of CRD, contrastive representation distillation (Tian et al. 2020)."""
 
-import inspect
 import math
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import ModelOutputs, build_method
 from hpmkd.methods import crd as crd_module
 from hpmkd.methods.crd import nce_loss
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "crd.yaml"
+from .helpers import check_one_step, feature_outputs, method_from_yaml, setup_method
+
 EPS = 1e-7  # the reference implementation's epsilon, negligible next to K / N here
 
 
 def _build(num_train=10, s_dim=5, t_dim=7, num_classes=3, **args):
-    method = build_method({"name": "crd", **args})
-    method.student_features, method.teacher_features = ("pool",), ("pool",)
-    method.setup(
-        MethodSetup(
-            student_shapes={"pool": torch.Size((2, s_dim))},
-            teacher_shapes={"pool": torch.Size((2, t_dim))},
-            num_classes=num_classes,
-            num_train=num_train,
-        )
-    )
-    return method
-
-
-def _outputs(f_s, f_t, classes=3):
-    n = f_s.shape[0]
-    return (
-        ModelOutputs(torch.zeros(n, classes), {"pool": f_s}),
-        ModelOutputs(torch.zeros(n, classes), {"pool": f_t}),
+    return setup_method(
+        build_method({"name": "crd", **args}),
+        {"pool": (2, s_dim)},
+        {"pool": (2, t_dim)},
+        num_classes=num_classes,
+        num_train=num_train,
     )
 
 
-def _sgd_step(params, lr):
-    """Plain SGD step (torch.optim's first step imports torch._dynamo: seconds, not needed)."""
-    with torch.no_grad():
-        for p in params:
-            if p.grad is not None:
-                p -= lr * p.grad
+def _outputs(f_s, f_t):
+    return feature_outputs({"pool": f_s}, {"pool": f_t})
 
 
 def _reference_side(scores: list[list[float]], z: float, n_data: int) -> float:
@@ -361,37 +343,27 @@ def test_one_step_reaches_student_and_both_heads_not_the_teacher():
     teacher = torch.nn.Linear(6, 7).requires_grad_(False)
     method = _build(num_train=40, num_negatives=16, feat_dim=8)
     x, y, index = torch.randn(16, 6), torch.randint(0, 3, (16,)), torch.randperm(40)[:16]
+    banks = {k: v.clone() for k, v in method.named_buffers() if k.startswith("bank")}
 
     def loss():
+        # the same banks and negatives before and after the step (Z is kept from the first call)
+        for k, v in banks.items():
+            getattr(method, k).copy_(v)
+        torch.manual_seed(15)
         f_s, f_t = student(x), teacher(x)
         s = ModelOutputs(f_s[:, :3], {"pool": f_s})
         t = ModelOutputs(f_t[:, :3], {"pool": f_t})
         return sum(method(s, t, y, index).values())
 
-    banks = {k: v.clone() for k, v in method.named_buffers() if k.startswith("bank")}
-    torch.manual_seed(15)
-    before = loss()
-    before.backward()
-    for p in list(student.parameters()) + list(method.parameters()):
-        assert p.grad is not None and p.grad.abs().sum() > 0
-    assert all(p.grad is None for p in teacher.parameters())
-    _sgd_step(list(student.parameters()) + list(method.parameters()), lr=0.1)
-    # same banks and negatives as before the step (Z is kept from the first call)
-    for k, v in banks.items():
-        getattr(method, k).copy_(v)
-    torch.manual_seed(15)
-    assert loss().item() < before.item()
+    learn = list(student.parameters()) + list(method.parameters())
+    check_one_step(loss, learn, teacher.parameters(), lr=0.1)
 
 
 # --- config ----------------------------------------------------------------------------------
 
 
 def test_yaml_keys_are_exactly_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    assert cfg.name == "crd"
-    args = set(inspect.signature(METHODS["crd"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == args
-    method = build_method(OmegaConf.to_container(cfg))
+    method = method_from_yaml("crd")
     assert (method.feat_dim, method.num_negatives, method.nce_temperature, method.momentum) == (
         128,
         16384,

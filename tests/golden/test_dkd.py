@@ -1,18 +1,16 @@
 """Golden tests of DKD (Zhao et al. 2022; METHODS.md 1.2)."""
 
-import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, ModelOutputs, build_method
+from hpmkd.methods import ModelOutputs, build_method
 from hpmkd.methods.functional import tempered_kl
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "dkd.yaml"
+from .helpers import linear_logits_pair, method_from_yaml
+
 STUDENT = [[2.0, -1.0, 0.5, 0.0], [0.1, 0.2, 3.0, -2.0], [-1.5, 2.5, 0.0, 1.0]]
 TEACHER = [[3.0, -2.0, 1.0, 0.5], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, -1.0, 4.0]]
 LABELS = [0, 2, 3]
@@ -134,32 +132,13 @@ def test_mismatched_logits_raise_user_error():
 
 
 def test_one_step_reduces_loss_and_only_student_gets_gradients():
-    torch.manual_seed(0)
-    student = torch.nn.Linear(8, 5)
-    teacher = torch.nn.Linear(8, 5).requires_grad_(False)
+    pair = linear_logits_pair()
     method = build_method({"name": "dkd"})
     method.epoch = 30
-    x, y = torch.randn(32, 8), torch.randint(0, 5, (32,))
-    params, lr = list(student.parameters()), 0.05
-
-    def loss():
-        terms = method(ModelOutputs(student(x)), ModelOutputs(teacher(x)), y, torch.arange(32))
-        return sum(terms.values())
-
-    before = loss()
-    before.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
-    with torch.no_grad():  # one plain SGD step
-        for p in params:
-            p -= lr * p.grad
-    assert loss().item() < before.item()
+    pair.check_one_step(method, lr=0.05)
 
 
 def test_yaml_holds_exactly_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    params = set(inspect.signature(METHODS["dkd"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == params
-    method = build_method(OmegaConf.to_container(cfg))
+    method = method_from_yaml("dkd")
     assert (method.alpha, method.beta, method.temperature) == (1.0, 8.0, 4.0)
     assert (method.ce_weight, method.warmup_epochs) == (1.0, 20)

@@ -1,41 +1,15 @@
 """Golden tests of FitNets hint learning (Romero et al. 2015; METHODS.md 1.2)."""
 
-import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import MethodSetup, build_method
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "fitnet.yaml"
-
-
-def _setup(method, student: dict, teacher: dict):
-    """What the engine does: feature names resolved, then setup from the dry-run shapes."""
-    method.student_features = tuple(student)
-    method.teacher_features = tuple(teacher)
-    method.setup(
-        MethodSetup(
-            {k: v.shape for k, v in student.items()},
-            {k: v.shape for k, v in teacher.items()},
-            num_classes=3,
-            num_train=10,
-        )
-    )
-    return method
-
-
-def _terms(method, student: dict, teacher: dict) -> dict:
-    n = next(iter(student.values())).shape[0]
-    logits = torch.zeros(n, 3)
-    return method(
-        ModelOutputs(logits, student), ModelOutputs(logits, teacher), torch.zeros(n).long(), None
-    )
+from .helpers import conv_pair, feature_terms, method_from_yaml, setup_method
 
 
 def _method(**kwargs):
@@ -57,14 +31,18 @@ def _make_identity(method) -> None:
 
 def test_hint_equal_to_the_regressed_student_gives_zero():
     s = torch.randn(4, 5)
-    method = _setup(_method(), {"s": s}, {"t": s})
+    method = setup_method(_method(), {"s": s}, {"t": s})
     _make_identity(method)
-    assert _terms(method, {"s": s}, {"t": s.relu()})["fitnet"].item() == pytest.approx(0, abs=1e-6)
+    assert feature_terms(method, {"s": s}, {"t": s.relu()})["fitnet"].item() == pytest.approx(
+        0, abs=1e-6
+    )
     m = torch.randn(2, 3, 4, 4)
-    method = _setup(_method(), {"s": m}, {"t": m})
+    method = setup_method(_method(), {"s": m}, {"t": m})
     assert isinstance(method.regressor[0], nn.Conv2d) and method.regressor[0].kernel_size == (1, 1)
     _make_identity(method)
-    assert _terms(method, {"s": m}, {"t": m.relu()})["fitnet"].item() == pytest.approx(0, abs=1e-6)
+    assert feature_terms(method, {"s": m}, {"t": m.relu()})["fitnet"].item() == pytest.approx(
+        0, abs=1e-6
+    )
 
 
 def test_value_matches_independent_computation():
@@ -72,7 +50,7 @@ def test_value_matches_independent_computation():
     t = [[0.5, 1.0], [2.0, 0.0]]
     w = [[0.2, -0.1, 0.4], [-0.3, 0.5, 0.1]]
     mean, var, gamma, shift, eps = [0.1, -0.2], [2.0, 0.5], [1.5, 0.8], [0.3, -0.1], 1e-5
-    method = _setup(_method(beta=100.0), {"s": torch.tensor(s)}, {"t": torch.tensor(t)})
+    method = setup_method(_method(beta=100.0), {"s": torch.tensor(s)}, {"t": torch.tensor(t)})
     linear, bn = method.regressor[0], method.regressor[1]
     assert isinstance(linear, nn.Linear) and isinstance(bn, nn.BatchNorm1d)
     with torch.no_grad():
@@ -88,7 +66,7 @@ def test_value_matches_independent_computation():
             z = sum(wi * si for wi, si in zip(w[c], s_row, strict=True))
             pred = max(0.0, gamma[c] * (z - mean[c]) / math.sqrt(var[c] + eps) + shift[c])
             sq.append((pred - t_row[c]) ** 2)
-    got = _terms(method, {"s": torch.tensor(s)}, {"t": torch.tensor(t)})["fitnet"].item()
+    got = feature_terms(method, {"s": torch.tensor(s)}, {"t": torch.tensor(t)})["fitnet"].item()
     assert got == pytest.approx(100.0 * sum(sq) / len(sq), rel=1e-5)
 
 
@@ -108,11 +86,11 @@ def test_mismatched_sizes_and_channels_handled_like_the_crd_regressor(
     s_shape, t_shape, layer, kernel
 ):
     s, t = torch.randn(s_shape), torch.randn(t_shape)
-    method = _setup(_method(), {"s": s}, {"t": t})
+    method = setup_method(_method(), {"s": s}, {"t": t})
     assert type(method.regressor[0]) is layer
     if kernel is not None:
         assert method.regressor[0].kernel_size == kernel
-    assert torch.isfinite(_terms(method, {"s": s}, {"t": t})["fitnet"])
+    assert torch.isfinite(feature_terms(method, {"s": s}, {"t": t})["fitnet"])
 
 
 def test_unmappable_sizes_raise_user_error_naming_method_features_and_shapes():
@@ -120,7 +98,7 @@ def test_unmappable_sizes_raise_user_error_naming_method_features_and_shapes():
     with pytest.raises(
         UserError, match=r"'fitnet'.*student 's' \(2, 4, 3, 3\).*teacher 't' \(2, 6, 8, 8\)"
     ):
-        _setup(_method(), {"s": s}, {"t": t})
+        setup_method(_method(), {"s": s}, {"t": t})
     method = build_method({"name": "fitnet", "teacher_feature": "stages"})
     method.teacher_features = ("stage1", "stage2")  # 'stages' resolved to two features
     with pytest.raises(UserError, match="fitnet.*teacher_feature 'stages' names 2 features"):
@@ -142,44 +120,26 @@ def test_middle_stage_default_picks_the_benchmark_hint_layer(names, middle):
     method = build_method({"name": "fitnet"})
     assert method.student_features == ("stages",) and method.teacher_features == ("stages",)
     features = {n: torch.randn(2, 4, 2, 2) for n in names}
-    _setup(method, features, features)
+    setup_method(method, features, features)
     assert method.pairs == [(middle, middle)]
 
 
 def test_one_step_reduces_loss_and_gradients_reach_student_and_regressor_only():
     torch.manual_seed(0)
-    student = nn.Conv2d(3, 4, 3, stride=2, padding=1)
-    teacher = nn.Conv2d(3, 6, 3, padding=1).requires_grad_(False)
-    head = nn.Linear(4, 3)
-    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
-
-    def outputs():
-        h = torch.relu(student(x))
-        with torch.no_grad():
-            g = torch.relu(teacher(x))
-        return ModelOutputs(head(h.mean((2, 3))), {"s": h}), ModelOutputs(
-            torch.zeros(8, 3), {"t": g}
-        )
-
-    s, t = outputs()
-    method = _setup(_method(), s.features, t.features)  # 4x4 student, 8x8 teacher: transposed
+    pair = conv_pair(
+        [nn.Conv2d(3, 4, 3, stride=2, padding=1)],
+        [nn.Conv2d(3, 6, 3, padding=1)],
+        nn.Linear(4, 3),
+        student_names=("s",),
+        teacher_names=("t",),
+    )
+    method = pair.setup(_method())  # 4x4 student, 8x8 teacher: transposed
     connectors = list(method.parameters())
     assert len(connectors) == 3  # transposed-conv weight, BatchNorm weight and bias
-    params = [*student.parameters(), *head.parameters(), *connectors]
-    before = sum(method(s, t, y, torch.arange(8)).values())
-    before.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    assert all(p.grad is None for p in teacher.parameters())
-    with torch.no_grad():  # a plain SGD step (torch.optim's first use costs seconds of imports)
-        for p in params:
-            p -= 1e-3 * p.grad
-    assert sum(method(*outputs(), y, torch.arange(8)).values()).item() < before.item()
+    pair.check_one_step(method, lr=1e-3, connectors=connectors)
 
 
 def test_yaml_keys_are_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    args = set(inspect.signature(METHODS["fitnet"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == args
-    method = build_method(cfg)
+    method = method_from_yaml("fitnet", to_container=False)
     assert method.beta == 100.0 and method.ce_weight == 1.0 and method.kd_weight == 0.0
     assert method.specs == {"student": "middle_stage", "teacher": "middle_stage"}

@@ -1,40 +1,17 @@
 """Golden tests of FSP (Yim et al. 2017; METHODS.md 1.2) and its initialisation stage."""
 
-import inspect
-from pathlib import Path
-
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import ModelOutputs, build_method
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "fsp.yaml"
-
-
-def _setup(method, student: dict, teacher: dict):
-    method.student_features = tuple(student)
-    method.teacher_features = tuple(teacher)
-    method.setup(
-        MethodSetup(
-            {k: v.shape for k, v in student.items()},
-            {k: v.shape for k, v in teacher.items()},
-            num_classes=3,
-            num_train=10,
-        )
-    )
-    return method
-
-
-def _outputs(student: dict, teacher: dict):
-    n = next(iter(student.values())).shape[0]
-    return ModelOutputs(torch.zeros(n, 3), student), ModelOutputs(torch.zeros(n, 3), teacher)
+from .helpers import check_one_step, feature_outputs, method_from_yaml, setup_method
 
 
 def _fsp(method, student: dict, teacher: dict) -> float:
-    return method.init_forward(*_outputs(student, teacher), None, None)["fsp"].item()
+    return method.init_forward(*feature_outputs(student, teacher), None, None)["fsp"].item()
 
 
 def _reference_fsp(lower: list, upper: list) -> list:
@@ -61,13 +38,13 @@ def _reference_loss(student: list, teacher: list) -> float:
 
 def test_identical_features_give_zero_and_a_hand_computed_case():
     f = {"stem": torch.randn(2, 3, 4, 4), "stage1": torch.randn(2, 5, 4, 4)}
-    method = _setup(build_method({"name": "fsp"}), f, f)
+    method = setup_method(build_method({"name": "fsp"}), f, f)
     assert _fsp(method, f, {k: v.clone() for k, v in f.items()}) == pytest.approx(0, abs=1e-7)
     # one channel, two positions: G = (a c + b d) / 2; student G = (1*3 + 2*4)/2 = 5.5,
     # teacher G = (1*1 + 0*2)/2 = 0.5, loss = (5.5 - 0.5)^2 = 25
     s = {"stem": torch.tensor([[[[1.0, 2.0]]]]), "stage1": torch.tensor([[[[3.0, 4.0]]]])}
     t = {"stem": torch.tensor([[[[1.0, 0.0]]]]), "stage1": torch.tensor([[[[1.0, 2.0]]]])}
-    method = _setup(build_method({"name": "fsp", "init_weight": 2.0}), s, t)
+    method = setup_method(build_method({"name": "fsp", "init_weight": 2.0}), s, t)
     assert _fsp(method, s, t) == pytest.approx(2.0 * 25.0, rel=1e-6)
 
 
@@ -75,7 +52,7 @@ def test_invariant_to_a_common_spatial_permutation_and_joint_sign_flip():
     torch.manual_seed(0)
     s = {"stem": torch.randn(2, 3, 3, 3), "stage1": torch.randn(2, 4, 3, 3)}
     t = {"stem": torch.randn(2, 3, 3, 3), "stage1": torch.randn(2, 4, 3, 3)}
-    method = _setup(build_method({"name": "fsp"}), s, t)
+    method = setup_method(build_method({"name": "fsp"}), s, t)
     base = _fsp(method, s, t)
     perm = torch.randperm(9)
 
@@ -95,7 +72,7 @@ def test_value_matches_independent_computation():
     s = [torch.randn(2, c, 3, 2, generator=g) for c in (2, 3, 4)]
     t = [torch.randn(2, c, 3, 2, generator=g) for c in (2, 3, 4)]
     student, teacher = dict(zip(names, s, strict=True)), dict(zip(names, t, strict=True))
-    method = _setup(build_method({"name": "fsp"}), student, teacher)
+    method = setup_method(build_method({"name": "fsp"}), student, teacher)
     assert _fsp(method, student, teacher) == pytest.approx(_reference_loss(s, t), rel=1e-5)
 
 
@@ -106,7 +83,7 @@ def test_sizes_inside_a_pair_pooled_and_features_paired_from_the_deepest():
     t = [torch.randn(2, 2, 8, 8, generator=g), torch.randn(2, 3, 4, 4, generator=g)]
     student = {"stage1": s[0], "stage2": s[1]}
     teacher = {"stem": t0, "stage1": t[0], "stage2": t[1]}
-    method = _setup(build_method({"name": "fsp"}), student, teacher)
+    method = setup_method(build_method({"name": "fsp"}), student, teacher)
     assert method.pairs == [("stage1", "stage1"), ("stage2", "stage2")]
     s_low = s[0].reshape(2, 2, 2, 2, 2, 2).mean(dim=(3, 5))  # 4x4 -> 2x2 like its partner
     t_low = t[0].reshape(2, 2, 4, 2, 4, 2).mean(dim=(3, 5))  # 8x8 -> 4x4
@@ -121,9 +98,9 @@ def test_channel_mismatch_raises_user_error_naming_method_and_shapes():
         UserError,
         match=r"'fsp'.*student 'stage1' \(2, 16, 8, 8\).*teacher 'stage1' \(2, 32, 8, 8\)",
     ):
-        _setup(build_method({"name": "fsp"}), s, t)
+        setup_method(build_method({"name": "fsp"}), s, t)
     with pytest.raises(UserError, match="'fsp' needs at least two"):
-        _setup(build_method({"name": "fsp"}), {"stage1": s["stem"]}, t)
+        setup_method(build_method({"name": "fsp"}), {"stage1": s["stem"]}, t)
     with pytest.raises(UserError, match="init_epochs"):
         build_method({"name": "fsp", "init_epochs": -1})
 
@@ -131,12 +108,12 @@ def test_channel_mismatch_raises_user_error_naming_method_and_shapes():
 def test_main_stage_is_ce_only_by_default_and_fsp_weighted_by_beta_otherwise():
     f = {"stem": torch.randn(2, 3, 4, 4), "stage1": torch.randn(2, 5, 4, 4)}
     t = {"stem": torch.randn(2, 3, 4, 4), "stage1": torch.randn(2, 5, 4, 4)}
-    method = _setup(build_method({"name": "fsp"}), f, t)
+    method = setup_method(build_method({"name": "fsp"}), f, t)
     assert method.init_epochs == 30
-    s_out, t_out = _outputs(f, t)
+    s_out, t_out = feature_outputs(f, t)
     assert set(method(s_out, t_out, torch.zeros(2).long(), None)) == {"ce"}
     assert set(method.init_forward(s_out, t_out, None, None)) == {"fsp"}
-    method = _setup(build_method({"name": "fsp", "beta": 50.0, "kd_weight": 0.5}), f, t)
+    method = setup_method(build_method({"name": "fsp", "beta": 50.0, "kd_weight": 0.5}), f, t)
     terms = method(s_out, t_out, torch.zeros(2).long(), None)
     assert set(terms) == {"ce", "kd", "fsp"}
     assert terms["fsp"].item() == pytest.approx(50.0 * _fsp(method, f, t), rel=1e-6)
@@ -169,30 +146,23 @@ def test_init_stage_trains_the_student_feature_layers_only():
             t_logits, t_feats = teacher(x)
         return ModelOutputs(logits, feats), ModelOutputs(t_logits, t_feats)
 
-    method = build_method({"name": "fsp"})
     s, t = outputs()
-    _setup(method, s.features, t.features)
+    method = setup_method(build_method({"name": "fsp"}), s.features, t.features)
     params = method.init_parameters(student)
     assert {id(p) for p in params} == {
         id(p) for p in [*student.conv1.parameters(), *student.conv2.parameters()]
     }
     assert list(method.parameters()) == []  # FSP has no connectors
-    before = method.init_forward(s, t, None, None)["fsp"]
-    before.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    assert all(p.grad is None for p in student.classifier.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
-    with torch.no_grad():  # a plain SGD step (torch.optim's first use costs seconds of imports)
-        for p in params:
-            p -= 1e-2 * p.grad
-    assert method.init_forward(*outputs(), None, None)["fsp"].item() < before.item()
+    check_one_step(
+        lambda: method.init_forward(*outputs(), None, None)["fsp"],
+        params,
+        [*student.classifier.parameters(), *teacher.parameters()],
+        lr=1e-2,
+    )
 
 
 def test_yaml_keys_are_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    args = set(inspect.signature(METHODS["fsp"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == args
-    method = build_method(cfg)
+    method = method_from_yaml("fsp", to_container=False)
     assert (method.init_epochs, method.init_weight, method.beta) == (30, 1.0, 0.0)
     assert method.student_features == ("stem", "stages")
 
@@ -207,13 +177,13 @@ def test_matrices_computed_in_fp32_under_autocast():
         "stem": torch.randn(2, 3, 4, 4, generator=g),
         "stage1": torch.randn(2, 4, 4, 4, generator=g),
     }
-    method = _setup(build_method({"name": "fsp"}), s, t)
+    method = setup_method(build_method({"name": "fsp"}), s, t)
 
     def low(f):
         return {k: v.bfloat16() for k, v in f.items()}
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        value = method.init_forward(*_outputs(low(s), low(t)), None, None)["fsp"]
+        value = method.init_forward(*feature_outputs(low(s), low(t)), None, None)["fsp"]
     assert value.dtype == torch.float32
     rounded = [[v.bfloat16().float() for v in f.values()] for f in (s, t)]
     assert value.item() == pytest.approx(_reference_loss(*rounded), rel=1e-5)

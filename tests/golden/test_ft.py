@@ -1,42 +1,21 @@
 """Golden tests of FT, factor transfer (Kim et al. 2018; METHODS.md 1.2)."""
 
-import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import ModelOutputs, build_method
 from hpmkd.methods.ft import factor_distance
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "ft.yaml"
+from .helpers import check_one_step, method_from_yaml, setup_method
 
 
 def _setup(method, s_shapes, t_shapes):
-    method.student_features = tuple(s_shapes)
-    method.teacher_features = tuple(t_shapes)
-    method.setup(
-        MethodSetup(
-            student_shapes={k: torch.Size(v) for k, v in s_shapes.items()},
-            teacher_shapes={k: torch.Size(v) for k, v in t_shapes.items()},
-            num_classes=3,
-            num_train=100,
-        )
-    )
-    return method
-
-
-def _sgd_step(params, lr):
-    """Plain SGD step (torch.optim's first step imports torch._dynamo: seconds, not needed)."""
-    with torch.no_grad():
-        for p in params:
-            if p.grad is not None:
-                p -= lr * p.grad
+    return setup_method(method, s_shapes, t_shapes, num_train=100)
 
 
 def _normalised(row: list[float]) -> list[float]:
@@ -158,14 +137,8 @@ def test_init_stage_trains_the_paraphraser_only_and_main_stage_freezes_it():
         assert set(terms) == {"ft_rec"}
         return terms["ft_rec"]
 
-    before = init_loss()
-    before.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in paraphraser)
-    assert all(p.grad is None for p in student.parameters())
-    assert all(p.grad is None for p in method.translator.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
-    _sgd_step(paraphraser, lr=0.05)
-    assert init_loss().item() < before.item()
+    not_init = [*student.parameters(), *method.translator.parameters(), *teacher.parameters()]
+    check_one_step(init_loss, paraphraser, not_init, lr=0.05)
 
     # main stage: student and translator learn, the paraphraser stays as it is
     for p in paraphraser:
@@ -178,16 +151,8 @@ def test_init_stage_trains_the_paraphraser_only_and_main_stage_freezes_it():
             t_out = teacher(x, "t_")
         return sum(method(student(x, "s_"), t_out, y, torch.arange(8)).values())
 
-    before = main_loss()
-    before.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
-    assert all(
-        p.grad is not None and p.grad.abs().sum() > 0 for p in method.translator.parameters()
-    )
-    assert all(p.grad is None for p in paraphraser)
-    assert all(p.grad is None for p in teacher.parameters())
-    _sgd_step(trainable, lr=0.05)
-    assert main_loss().item() < before.item()
+    learn = [*student.parameters(), *method.translator.parameters()]
+    check_one_step(main_loss, learn, [*paraphraser, *teacher.parameters()], 0.05, step=trainable)
     assert all(torch.equal(p, q) for p, q in zip(paraphraser, frozen, strict=True))
 
 
@@ -250,10 +215,6 @@ def test_unhandled_features_are_user_errors():
 
 
 def test_yaml_keys_are_exactly_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    assert cfg.name == "ft"
-    args = set(inspect.signature(METHODS["ft"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == args
-    method = build_method(OmegaConf.to_container(cfg))
+    method = method_from_yaml("ft")
     assert (method.beta, method.rate, method.p, method.init_epochs) == (200.0, 0.5, 1.0, 30)
     assert method.student_features == ("last_stage",)

@@ -1,42 +1,19 @@
 """Golden tests of neuron selectivity transfer (Huang & Wang 2017; METHODS.md 1.2)."""
 
-import inspect
 import logging
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-from torch import nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import build_method
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "nst.yaml"
-
-
-def _setup(method, student: dict, teacher: dict):
-    method.student_features = tuple(student)
-    method.teacher_features = tuple(teacher)
-    method.setup(
-        MethodSetup(
-            {k: v.shape for k, v in student.items()},
-            {k: v.shape for k, v in teacher.items()},
-            num_classes=3,
-            num_train=10,
-        )
-    )
-    return method
+from .helpers import feature_terms, method_from_yaml, setup_method, two_stage_conv_pair
 
 
 def _nst(method, student: dict, teacher: dict) -> float:
-    n = next(iter(student.values())).shape[0]
-    logits = torch.zeros(n, 3)
-    terms = method(
-        ModelOutputs(logits, student), ModelOutputs(logits, teacher), torch.zeros(n).long(), None
-    )
-    return terms["nst"].item()
+    return feature_terms(method, student, teacher)["nst"].item()
 
 
 def _method(**kwargs):
@@ -63,21 +40,21 @@ def _reference_mmd2(fs: torch.Tensor, ft: torch.Tensor, d: float = 2.0, c: float
 
 def test_identical_features_give_zero_and_single_pattern_sets_a_closed_form():
     f = torch.randn(2, 4, 3, 3)
-    method = _setup(_method(), {"stage1": f}, {"stage1": f})
+    method = setup_method(_method(), {"stage1": f}, {"stage1": f})
     assert _nst(method, {"stage1": f}, {"stage1": f.clone()}) == pytest.approx(0.0, abs=1e-6)
     # every student channel has pattern u, every teacher channel pattern v, u.v = cos(theta):
     # MMD^2 = k(v, v) + k(u, u) - 2 k(u, v) = 2 - 2 cos^2(theta) with k = (x.y)^2
     u, v = torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0.6, 0.8, 0.0, 0.0])
     s = u.view(1, 1, 2, 2).repeat(1, 3, 1, 1) * torch.tensor([1.0, 2.0, 5.0]).view(1, 3, 1, 1)
     t = v.view(1, 1, 2, 2).repeat(1, 5, 1, 1)
-    method = _setup(_method(), {"stage1": s}, {"stage1": t})
+    method = setup_method(_method(), {"stage1": s}, {"stage1": t})
     assert _nst(method, {"stage1": s}, {"stage1": t}) == pytest.approx(2 - 2 * 0.36, rel=1e-6)
 
 
 def test_invariant_to_positive_channel_scaling_and_channel_order():
     torch.manual_seed(0)
     fs, ft = torch.randn(3, 4, 4, 4), torch.randn(3, 6, 4, 4)
-    method = _setup(_method(), {"stage1": fs}, {"stage1": ft})
+    method = setup_method(_method(), {"stage1": fs}, {"stage1": ft})
     base = _nst(method, {"stage1": fs}, {"stage1": ft})
     scale = torch.tensor([0.1, 3.0, 7.0, 1.5]).view(1, 4, 1, 1)
     assert _nst(method, {"stage1": fs * scale}, {"stage1": 20 * ft}) == pytest.approx(
@@ -93,7 +70,7 @@ def test_value_matches_independent_computation(d, c):
     g = torch.Generator().manual_seed(3)
     fs = torch.randn(2, 3, 2, 3, generator=g)
     ft = torch.randn(2, 5, 2, 3, generator=g)
-    method = _setup(_method(beta=50.0, degree=d, coef0=c), {"stage1": fs}, {"stage1": ft})
+    method = setup_method(_method(beta=50.0, degree=d, coef0=c), {"stage1": fs}, {"stage1": ft})
     got = _nst(method, {"stage1": fs}, {"stage1": ft})
     assert got == pytest.approx(50.0 * _reference_mmd2(fs, ft, d, c), rel=1e-5)
 
@@ -104,7 +81,7 @@ def test_stages_summed_paired_from_the_deepest_and_sizes_pooled():
     t1, t2 = torch.randn(2, 6, 2, 2, generator=g), torch.randn(2, 8, 4, 4, generator=g)
     t0 = torch.randn(2, 2, 8, 8, generator=g)
     student, teacher = {"stage1": s1, "stage2": s2}, {"stage1": t0, "stage2": t1, "stage3": t2}
-    method = _setup(_method(), student, teacher)
+    method = setup_method(_method(), student, teacher)
     assert method.pairs == [("stage1", "stage2"), ("stage2", "stage3")]
     s1_pooled = s1.reshape(2, 3, 2, 2, 2, 2).mean(dim=(3, 5))
     t2_pooled = t2.reshape(2, 8, 2, 2, 2, 2).mean(dim=(3, 5))
@@ -114,53 +91,24 @@ def test_stages_summed_paired_from_the_deepest_and_sizes_pooled():
 
 def test_flat_features_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="hpmkd"):
-        _setup(_method(), {"hidden1": torch.randn(4, 8)}, {"hidden2": torch.randn(4, 16)})
+        setup_method(_method(), {"hidden1": torch.randn(4, 8)}, {"hidden2": torch.randn(4, 16)})
     assert "1x1 spatial extent" in caplog.text
 
 
 def test_bad_feature_rank_raises_user_error_naming_the_method():
     with pytest.raises(UserError, match=r"'nst'.*teacher 'tokens' \(2, 5, 8\)"):
-        _setup(_method(), {"stage1": torch.zeros(2, 4, 2, 2)}, {"tokens": torch.zeros(2, 5, 8)})
+        setup_method(
+            _method(), {"stage1": torch.zeros(2, 4, 2, 2)}, {"tokens": torch.zeros(2, 5, 8)}
+        )
 
 
 def test_one_step_reduces_loss_and_only_student_gets_gradients():
-    torch.manual_seed(0)
-    student = nn.ModuleList(
-        [nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 8, 3, stride=2, padding=1)]
-    )
-    teacher = nn.ModuleList([nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)])
-    teacher.requires_grad_(False)
-    head = nn.Linear(8, 3)
-    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
-
-    def outputs():
-        h1 = torch.relu(student[0](x))
-        h2 = torch.relu(student[1](h1))
-        with torch.no_grad():
-            g1 = torch.relu(teacher[0](x))
-            g2 = torch.relu(teacher[1](g1))
-        s = ModelOutputs(head(h2.mean((2, 3))), {"stage1": h1, "stage2": h2})
-        return s, ModelOutputs(torch.zeros(8, 3), {"stage1": g1, "stage2": g2})
-
-    method = build_method({"name": "nst"})
-    s, t = outputs()
-    _setup(method, s.features, t.features)
-    params = [*student.parameters(), *head.parameters()]
-    before = sum(method(s, t, y, torch.arange(8)).values())
-    before.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    assert all(p.grad is None for p in teacher.parameters())
-    with torch.no_grad():  # a plain SGD step (torch.optim's first use costs seconds of imports)
-        for p in params:
-            p -= 1e-3 * p.grad
-    assert sum(method(*outputs(), y, torch.arange(8)).values()).item() < before.item()
+    pair = two_stage_conv_pair()
+    pair.check_one_step(pair.setup(build_method({"name": "nst"})), lr=1e-3)
 
 
 def test_yaml_keys_are_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    args = set(inspect.signature(METHODS["nst"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == args
-    method = build_method(cfg)
+    method = method_from_yaml("nst", to_container=False)
     assert (method.beta, method.degree, method.coef0) == (50.0, 2.0, 0.0)
     assert method.teacher_features == ("stages",)
 
@@ -168,13 +116,10 @@ def test_yaml_keys_are_the_constructor_arguments():
 def test_kernel_computed_in_fp32_under_autocast():
     g = torch.Generator().manual_seed(5)
     fs, ft = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 5, 4, 4, generator=g)
-    method = _setup(_method(), {"stage1": fs}, {"stage1": ft})
+    method = setup_method(_method(), {"stage1": fs}, {"stage1": ft})
     exact = _nst(method, {"stage1": fs}, {"stage1": ft})
-    logits = torch.zeros(2, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        student = ModelOutputs(logits, {"stage1": fs.bfloat16()})
-        teacher = ModelOutputs(logits, {"stage1": ft.bfloat16()})
-        value = method(student, teacher, torch.zeros(2).long(), None)["nst"]
+        value = feature_terms(method, {"stage1": fs.bfloat16()}, {"stage1": ft.bfloat16()})["nst"]
     assert value.dtype == torch.float32
     expected = _nst(method, {"stage1": fs.bfloat16().float()}, {"stage1": ft.bfloat16().float()})
     assert value.item() == pytest.approx(expected, rel=1e-5)

@@ -1,26 +1,20 @@
 """Golden tests of probabilistic knowledge transfer (Passalis & Tefas 2018; METHODS.md 1.2)."""
 
-import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import build_method
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "pkt.yaml"
+from .helpers import feature_terms, method_from_yaml, pooled_pair, setup_method, setup_shapes
 
 
 def _pkt(f_s, f_t, **args):
     method = build_method({"name": "pkt", "beta": 1.0, "ce_weight": 0.0, **args})
-    n = len(f_s)
-    s = ModelOutputs(torch.zeros(n, 3), {"pool": f_s})
-    t = ModelOutputs(torch.zeros(n, 3), {"pool": f_t})
-    return method(s, t, torch.zeros(n, dtype=torch.long), torch.arange(n))["pkt"]
+    return feature_terms(method, {"pool": f_s}, {"pool": f_t}, with_index=True)["pkt"]
 
 
 def _reference_pkt(f_s, f_t):
@@ -92,7 +86,7 @@ def test_handles_different_widths_zero_rows_and_batch_of_one():
 def test_unpairable_features_raise_user_error():
     method = build_method({"name": "pkt", "student_features": [], "teacher_features": ["pool"]})
     with pytest.raises(UserError, match="method 'pkt'"):
-        method.setup(MethodSetup({}, {"pool": torch.Size([2, 4])}, 10, 100))
+        setup_shapes(method, {}, {"pool": (2, 4)}, num_classes=10, num_train=100)
     with pytest.raises(UserError, match="method 'pkt'.*'pool' \\(3, 4\\).*'pool' \\(5, 4\\)"):
         _pkt(torch.rand(3, 4), torch.rand(5, 4))
 
@@ -104,40 +98,13 @@ def _net(width):
 
 
 def test_one_step_reduces_loss_and_only_student_gets_gradients():
-    torch.manual_seed(0)
-    student_body, student_head = _net(6), nn.Linear(6, 5)
-    teacher_body = _net(10).requires_grad_(False)
-    teacher_head = nn.Linear(10, 5).requires_grad_(False)
-    student_params = [*student_body.parameters(), *student_head.parameters()]
-    x, y = torch.randn(16, 3, 6, 6), torch.randint(0, 5, (16,))
+    pair = pooled_pair(_net, (6, 10), (3, 6, 6))
     method = build_method({"name": "pkt"})
-    method.student_features = method.teacher_features = ("pool",)
-    method.setup(MethodSetup({"pool": torch.Size([2, 6])}, {"pool": torch.Size([2, 10])}, 5, 16))
-    params, lr = list(student_params), 1e-4
-
-    def loss():
-        with torch.no_grad():
-            f_t = teacher_body(x)
-            t_out = ModelOutputs(teacher_head(f_t), {"pool": f_t})
-        f_s = student_body(x)
-        terms = method(ModelOutputs(student_head(f_s), {"pool": f_s}), t_out, y, torch.arange(16))
-        assert set(terms) == {"ce", "pkt"}
-        return sum(terms.values())
-
-    before = loss()
-    before.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student_params)
-    assert all(p.grad is None for p in [*teacher_body.parameters(), *teacher_head.parameters()])
-    with torch.no_grad():  # one plain SGD step
-        for p in params:
-            p -= lr * p.grad
-    assert loss().item() < before.item()
+    setup_method(method, {"pool": (2, 6)}, {"pool": (2, 10)}, num_classes=5, num_train=16)
+    pair.check_one_step(method, lr=1e-4, expected={"ce", "pkt"})
 
 
 def test_yaml_holds_exactly_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    params = set(inspect.signature(METHODS["pkt"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == params
-    method = build_method(OmegaConf.to_container(cfg))
+    method = method_from_yaml("pkt")
     assert method.student_features == method.teacher_features == ("pool",)
     assert (method.beta, method.ce_weight, method.include_self) == (30000.0, 1.0, True)

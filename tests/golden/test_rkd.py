@@ -1,26 +1,19 @@
 """Golden tests of relational KD (Park et al. 2019; METHODS.md 1.2)."""
 
-import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-from torch import nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import build_method
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "rkd.yaml"
+from .helpers import feature_terms, method_from_yaml, pooled_mlp_pair, setup_shapes
 
 
 def _rkd(f_s, f_t, **args):
     method = build_method({"name": "rkd", "ce_weight": 0.0, **args})
-    n = len(f_s)
-    s = ModelOutputs(torch.zeros(n, 3), {"pool": f_s})
-    t = ModelOutputs(torch.zeros(n, 3), {"pool": f_t})
-    terms = method(s, t, torch.zeros(n, dtype=torch.long), torch.arange(n))
+    terms = feature_terms(method, {"pool": f_s}, {"pool": f_t}, with_index=True)
     return {k: v.item() for k, v in terms.items() if k != "ce"}
 
 
@@ -113,45 +106,19 @@ def test_weights_switch_terms_and_degenerate_batches_stay_finite():
 def test_unpairable_features_raise_user_error():
     method = build_method({"name": "rkd", "student_features": [], "teacher_features": []})
     with pytest.raises(UserError, match="method 'rkd'"):
-        method.setup(MethodSetup({}, {}, 10, 100))
+        setup_shapes(method, {}, {}, num_classes=10, num_train=100)
     with pytest.raises(UserError, match="method 'rkd'.*'pool' \\(2, 4\\).*'pool' \\(3, 4\\)"):
         _rkd(torch.randn(2, 4), torch.randn(3, 4))
 
 
 def test_one_step_reduces_loss_and_only_student_gets_gradients():
-    torch.manual_seed(0)
-    student_body, student_head = nn.Sequential(nn.Linear(8, 6), nn.ReLU()), nn.Linear(6, 5)
-    teacher_body = nn.Sequential(nn.Linear(8, 12), nn.ReLU()).requires_grad_(False)
-    teacher_head = nn.Linear(12, 5).requires_grad_(False)
-    student_params = [*student_body.parameters(), *student_head.parameters()]
-    x, y = torch.randn(16, 8), torch.randint(0, 5, (16,))
+    pair = pooled_mlp_pair()
     method = build_method({"name": "rkd"})
-    method.setup(MethodSetup({"pool": torch.Size([2, 6])}, {"pool": torch.Size([2, 12])}, 5, 16))
-    params, lr = list(student_params), 0.01
-
-    def loss():
-        with torch.no_grad():
-            f_t = teacher_body(x)
-            t_out = ModelOutputs(teacher_head(f_t), {"pool": f_t})
-        f_s = student_body(x)
-        terms = method(ModelOutputs(student_head(f_s), {"pool": f_s}), t_out, y, torch.arange(16))
-        assert set(terms) == {"ce", "rkd_distance", "rkd_angle"}
-        return sum(terms.values())
-
-    before = loss()
-    before.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student_params)
-    assert all(p.grad is None for p in [*teacher_body.parameters(), *teacher_head.parameters()])
-    with torch.no_grad():  # one plain SGD step
-        for p in params:
-            p -= lr * p.grad
-    assert loss().item() < before.item()
+    setup_shapes(method, {"pool": (2, 6)}, {"pool": (2, 12)}, num_classes=5, num_train=16)
+    pair.check_one_step(method, lr=0.01, expected={"ce", "rkd_distance", "rkd_angle"})
 
 
 def test_yaml_holds_exactly_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    params = set(inspect.signature(METHODS["rkd"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == params
-    method = build_method(OmegaConf.to_container(cfg))
+    method = method_from_yaml("rkd")
     assert method.student_features == method.teacher_features == ("pool",)
     assert (method.beta, method.distance_weight, method.angle_weight) == (1.0, 25.0, 50.0)

@@ -1,19 +1,16 @@
 """Golden tests of similarity-preserving KD (Tung & Mori 2019; METHODS.md 1.2)."""
 
-import inspect
 import itertools
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import MethodSetup, ModelOutputs, build_method
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "sp.yaml"
+from .helpers import TinyPair, feature_terms, method_from_yaml, setup_shapes
 
 
 def _sp(f_s, f_t, beta=1.0, names=("f",)):
@@ -26,10 +23,7 @@ def _sp(f_s, f_t, beta=1.0, names=("f",)):
             "ce_weight": 0.0,
         }
     )
-    n = len(f_s)
-    s = ModelOutputs(torch.zeros(n, 3), {names[0]: f_s})
-    t = ModelOutputs(torch.zeros(n, 3), {names[0]: f_t})
-    return method(s, t, torch.zeros(n, dtype=torch.long), torch.arange(n))["sp"]
+    return feature_terms(method, {names[0]: f_s}, {names[0]: f_t}, with_index=True)["sp"]
 
 
 def _reference_sp(f_s, f_t):
@@ -112,7 +106,7 @@ def test_one_step_reduces_loss_and_only_student_gets_gradients():
     torch.manual_seed(0)
     student = _Net([4, 6], stride=1)
     teacher = _Net([8, 8, 12], stride=2).requires_grad_(False)
-    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+    pair = TinyPair(student, teacher, torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,)))
     method = build_method(
         {
             "name": "sp",
@@ -121,40 +115,14 @@ def test_one_step_reduces_loss_and_only_student_gets_gradients():
         }
     )
     with torch.no_grad():
-        s0, t0 = student(x[:2]), teacher(x[:2])
-    method.setup(
-        MethodSetup(
-            {k: v.shape for k, v in s0.features.items()},
-            {k: v.shape for k, v in t0.features.items()},
-            num_classes=5,
-            num_train=16,
-        )
-    )
+        s0, t0 = student(pair.x[:2]), teacher(pair.x[:2])
+    setup_shapes(method, s0.features, t0.features, num_classes=5, num_train=16)
     # deepest first: student stage2 <-> teacher stage3, student stage1 <-> teacher stage2
     assert method.feature_pairs() == [("stage1", "stage2"), ("stage2", "stage3")]
-    params, lr = list(student.parameters()), 1e-3
-
-    def loss():
-        with torch.no_grad():
-            t_out = teacher(x)
-        terms = method(student(x), t_out, y, torch.arange(16))
-        assert set(terms) == {"ce", "sp"}
-        return sum(terms.values())
-
-    before = loss()
-    before.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
-    with torch.no_grad():  # one plain SGD step
-        for p in params:
-            p -= lr * p.grad
-    assert loss().item() < before.item()
+    pair.check_one_step(method, lr=1e-3, expected={"ce", "sp"})
 
 
 def test_yaml_holds_exactly_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    params = set(inspect.signature(METHODS["sp"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == params
-    method = build_method(OmegaConf.to_container(cfg))
+    method = method_from_yaml("sp")
     assert method.student_features == method.teacher_features == ("last_stage",)
     assert (method.beta, method.ce_weight) == (3000.0, 1.0)

@@ -1,42 +1,20 @@
 """Golden tests of variational information distillation (Ahn et al. 2019; METHODS.md 1.2)."""
 
-import inspect
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import nn
 
 from hpmkd.errors import UserError
-from hpmkd.methods import METHODS, MethodSetup, ModelOutputs, build_method
+from hpmkd.methods import build_method
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "method" / "vid.yaml"
-
-
-def _setup(method, student: dict, teacher: dict):
-    method.student_features = tuple(student)
-    method.teacher_features = tuple(teacher)
-    method.setup(
-        MethodSetup(
-            {k: v.shape for k, v in student.items()},
-            {k: v.shape for k, v in teacher.items()},
-            num_classes=3,
-            num_train=10,
-        )
-    )
-    return method
+from .helpers import feature_terms, method_from_yaml, setup_method, two_stage_conv_pair
 
 
 def _vid(method, student: dict, teacher: dict) -> torch.Tensor:
-    n = next(iter(student.values())).shape[0]
-    logits = torch.zeros(n, 3)
-    terms = method(
-        ModelOutputs(logits, student), ModelOutputs(logits, teacher), torch.zeros(n).long(), None
-    )
-    return terms["vid"]
+    return feature_terms(method, student, teacher)["vid"]
 
 
 def _layers(method, index=0):
@@ -45,7 +23,7 @@ def _layers(method, index=0):
 
 def test_initial_variance_and_the_nll_of_a_perfect_mean():
     s, t = torch.randn(4, 3, 2, 2), torch.zeros(4, 5, 2, 2)
-    method = _setup(build_method({"name": "vid"}), {"s": s}, {"t": t})
+    method = setup_method(build_method({"name": "vid"}), {"s": s}, {"t": t})
     variance = method.regressors[0].variance()
     assert variance.shape == (5,)
     assert torch.allclose(variance, torch.full((5,), 5.0), rtol=1e-6)
@@ -61,7 +39,7 @@ def test_variance_gradient_vanishes_at_the_per_channel_mean_squared_error():
     # the Gaussian NLL is minimised in sigma_c^2 at the channel's mean squared error
     torch.manual_seed(0)
     s, t = torch.randn(6, 3), torch.randn(6, 2) * torch.tensor([0.5, 3.0])
-    method = _setup(build_method({"name": "vid"}), {"s": s}, {"t": t})
+    method = setup_method(build_method({"name": "vid"}), {"s": s}, {"t": t})
     with torch.no_grad():
         _layers(method)[-1].weight.zero_()
         mse = t.pow(2).mean(0)
@@ -97,7 +75,7 @@ def test_value_matches_independent_computation_for_vectors_and_pooled_maps():
     weights = [torch.randn(2, 4, generator=g), torch.randn(2, 2, generator=g)]
     weights.append(torch.randn(2, 2, generator=g))
     alpha = [0.3, -1.2]
-    method = _setup(build_method({"name": "vid", "beta": 2.0}), {"s": s}, {"t": t})
+    method = setup_method(build_method({"name": "vid", "beta": 2.0}), {"s": s}, {"t": t})
     assert [type(m) for m in _layers(method)] == [nn.Linear] * 3  # mid width = teacher's 2
     with torch.no_grad():
         for layer, w in zip(_layers(method), weights, strict=True):
@@ -109,7 +87,7 @@ def test_value_matches_independent_computation_for_vectors_and_pooled_maps():
     # the student is pooled to 1x1 and 1x1 convolutions do what the linear layers did
     offsets = torch.tensor([1.0, -1.0, 2.0, -2.0]).view(1, 1, 2, 2)
     s_map, t_map = s[:, :, None, None] + offsets, t[:, :, None, None]
-    maps = _setup(build_method({"name": "vid", "beta": 2.0}), {"s": s_map}, {"t": t_map})
+    maps = setup_method(build_method({"name": "vid", "beta": 2.0}), {"s": s_map}, {"t": t_map})
     assert [type(m) for m in _layers(maps)] == [nn.Conv2d] * 3
     with torch.no_grad():
         for layer, w in zip(_layers(maps), weights, strict=True):
@@ -125,18 +103,20 @@ def test_stages_paired_from_the_deepest_with_mismatched_channels_and_sizes():
         "stage2": torch.randn(2, 6, 4, 4),
         "stage3": torch.randn(2, 8, 4, 4),
     }
-    method = _setup(build_method({"name": "vid"}), student, teacher)
+    method = setup_method(build_method({"name": "vid"}), student, teacher)
     assert method.pairs == [("stage1", "stage2"), ("stage2", "stage3")]
     shapes = [[tuple(m.weight.shape[:2]) for m in _layers(method, i)] for i in range(2)]
     assert shapes == [[(6, 3), (6, 6), (6, 6)], [(8, 4), (8, 8), (8, 8)]]
     assert torch.isfinite(_vid(method, student, teacher))
-    narrow = _setup(build_method({"name": "vid", "mid_channels": 5}), student, teacher)
+    narrow = setup_method(build_method({"name": "vid", "mid_channels": 5}), student, teacher)
     assert [tuple(m.weight.shape[:2]) for m in _layers(narrow, 1)] == [(5, 4), (5, 5), (8, 5)]
 
 
 def test_bad_arguments_and_shapes_raise_user_errors():
     with pytest.raises(UserError, match=r"'vid'.*student 's' \(2, 5, 8\)"):
-        _setup(build_method({"name": "vid"}), {"s": torch.zeros(2, 5, 8)}, {"t": torch.zeros(2, 4)})
+        setup_method(
+            build_method({"name": "vid"}), {"s": torch.zeros(2, 5, 8)}, {"t": torch.zeros(2, 4)}
+        )
     with pytest.raises(UserError, match="'vid' needs mid_channels"):
         build_method({"name": "vid", "mid_channels": 0})
     with pytest.raises(UserError, match="'vid' needs init_pred_var > eps"):
@@ -144,7 +124,7 @@ def test_bad_arguments_and_shapes_raise_user_errors():
 
 
 def test_large_initial_variance_does_not_overflow():
-    method = _setup(
+    method = setup_method(
         build_method({"name": "vid", "init_pred_var": 1000.0}),
         {"s": torch.randn(2, 3)},
         {"t": torch.randn(2, 2)},
@@ -154,44 +134,14 @@ def test_large_initial_variance_does_not_overflow():
 
 
 def test_one_step_reduces_loss_and_gradients_reach_student_and_connectors_only():
-    torch.manual_seed(0)
-    student = nn.ModuleList(
-        [nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 8, 3, stride=2, padding=1)]
-    )
-    teacher = nn.ModuleList([nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)])
-    teacher.requires_grad_(False)
-    head = nn.Linear(8, 3)
-    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 3, (8,))
-
-    def outputs():
-        h1 = torch.relu(student[0](x))
-        h2 = torch.relu(student[1](h1))
-        with torch.no_grad():
-            g1 = torch.relu(teacher[0](x))
-            g2 = torch.relu(teacher[1](g1))
-        s = ModelOutputs(head(h2.mean((2, 3))), {"stage1": h1, "stage2": h2})
-        return s, ModelOutputs(torch.zeros(8, 3), {"stage1": g1, "stage2": g2})
-
-    method = build_method({"name": "vid"})
-    s, t = outputs()
-    _setup(method, s.features, t.features)
+    pair = two_stage_conv_pair()
+    method = pair.setup(build_method({"name": "vid"}))
     connectors = list(method.parameters())
     assert len(connectors) == 2 * 4  # three 1x1 convs and alpha per stage
-    params = [*student.parameters(), *head.parameters(), *connectors]
-    before = sum(method(s, t, y, torch.arange(8)).values())
-    before.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
-    assert all(p.grad is None for p in teacher.parameters())
-    with torch.no_grad():  # a plain SGD step (torch.optim's first use costs seconds of imports)
-        for p in params:
-            p -= 1e-2 * p.grad
-    assert sum(method(*outputs(), y, torch.arange(8)).values()).item() < before.item()
+    pair.check_one_step(method, lr=1e-2, connectors=connectors)
 
 
 def test_yaml_keys_are_the_constructor_arguments():
-    cfg = OmegaConf.load(CONF)
-    args = set(inspect.signature(METHODS["vid"].__init__).parameters) - {"self"}
-    assert set(cfg) - {"name"} == args
-    method = build_method(cfg)
+    method = method_from_yaml("vid", to_container=False)
     assert (method.beta, method.init_pred_var, method.eps) == (1.0, 5.0, 1e-5)
     assert method.mid_channels is None and method.student_features == ("stages",)
