@@ -54,15 +54,29 @@ def setup_method(
     method: DistillMethod,
     student: Mapping[str, FeatureOrShape],
     teacher: Mapping[str, FeatureOrShape],
-    *,
-    num_classes: int = 3,
-    num_train: int = 10,
+    **sizes: int,
 ) -> DistillMethod:
-    """What the engine does: feature names resolved to the given ones, then setup from the
-    dry-run shapes. Returns the method."""
+    """What the engine does: feature names resolved to the given ones, then ``setup_shapes``
+    (``sizes``: its ``num_classes`` and ``num_train``). Returns the method."""
     method.student_features = tuple(student)
     method.teacher_features = tuple(teacher)
-    return setup_shapes(method, student, teacher, num_classes=num_classes, num_train=num_train)
+    return setup_shapes(method, student, teacher, **sizes)
+
+
+def setup_two_vs_three_stages(method: DistillMethod) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Sets the method up on seeded random maps, batch 2: student ``stage1`` 3x4x4 and
+    ``stage2`` 4x2x2, teacher ``stage1`` 2x8x8, ``stage2`` 6x2x2 and ``stage3`` 8x4x4, and
+    checks that it pairs them from the deepest: student stage1 with teacher stage2 (the
+    student's 4x4 to be pooled to 2x2), student stage2 with teacher stage3 (the teacher's
+    pooled). Returns the student and teacher features."""
+    g = torch.Generator().manual_seed(4)
+    s1, s2 = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g)
+    t0, t1 = torch.randn(2, 2, 8, 8, generator=g), torch.randn(2, 6, 2, 2, generator=g)
+    t2 = torch.randn(2, 8, 4, 4, generator=g)
+    student, teacher = {"stage1": s1, "stage2": s2}, {"stage1": t0, "stage2": t1, "stage3": t2}
+    setup_method(method, student, teacher)
+    assert method.pairs == [("stage1", "stage2"), ("stage2", "stage3")]
+    return student, teacher
 
 
 def feature_outputs(
@@ -263,10 +277,11 @@ def pooled_mlp_pair() -> TinyPair:
 
 def method_from_yaml(name: str, *, to_container: bool = True) -> DistillMethod:
     """Checks that ``conf/method/<name>.yaml`` names the method and that its other keys are
-    exactly the constructor's arguments; returns the method built from it (from a plain dict,
-    or from the OmegaConf node itself when not ``to_container``)."""
+    exactly the constructor's arguments; returns the method built from it: from a plain dict
+    with the interpolations resolved (``${oc.select:pair.<key>,<default>}`` gives the default
+    here), or from the OmegaConf node itself when not ``to_container``."""
     cfg = OmegaConf.load(CONF_DIR / f"{name}.yaml")
     assert cfg.name == name
     args = set(inspect.signature(METHODS[name].__init__).parameters) - {"self"}
     assert set(cfg) - {"name"} == args
-    return build_method(OmegaConf.to_container(cfg) if to_container else cfg)
+    return build_method(OmegaConf.to_container(cfg, resolve=True) if to_container else cfg)

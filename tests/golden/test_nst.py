@@ -9,7 +9,13 @@ import torch
 from hpmkd.errors import UserError
 from hpmkd.methods import build_method
 
-from .helpers import feature_terms, method_from_yaml, setup_method, two_stage_conv_pair
+from .helpers import (
+    feature_terms,
+    method_from_yaml,
+    setup_method,
+    setup_two_vs_three_stages,
+    two_stage_conv_pair,
+)
 
 
 def _nst(method, student: dict, teacher: dict) -> float:
@@ -76,16 +82,13 @@ def test_value_matches_independent_computation(d, c):
 
 
 def test_stages_summed_paired_from_the_deepest_and_sizes_pooled():
-    g = torch.Generator().manual_seed(4)
-    s1, s2 = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 4, 2, 2, generator=g)
-    t1, t2 = torch.randn(2, 6, 2, 2, generator=g), torch.randn(2, 8, 4, 4, generator=g)
-    t0 = torch.randn(2, 2, 8, 8, generator=g)
-    student, teacher = {"stage1": s1, "stage2": s2}, {"stage1": t0, "stage2": t1, "stage3": t2}
-    method = setup_method(_method(), student, teacher)
-    assert method.pairs == [("stage1", "stage2"), ("stage2", "stage3")]
-    s1_pooled = s1.reshape(2, 3, 2, 2, 2, 2).mean(dim=(3, 5))
-    t2_pooled = t2.reshape(2, 8, 2, 2, 2, 2).mean(dim=(3, 5))
-    expected = _reference_mmd2(s1_pooled, t1) + _reference_mmd2(s2, t2_pooled)
+    method = _method()
+    student, teacher = setup_two_vs_three_stages(method)
+    s1_pooled = student["stage1"].reshape(2, 3, 2, 2, 2, 2).mean(dim=(3, 5))
+    t2_pooled = teacher["stage3"].reshape(2, 8, 2, 2, 2, 2).mean(dim=(3, 5))
+    expected = _reference_mmd2(s1_pooled, teacher["stage2"]) + _reference_mmd2(
+        student["stage2"], t2_pooled
+    )
     assert _nst(method, student, teacher) == pytest.approx(expected, rel=1e-5)
 
 
