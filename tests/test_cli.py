@@ -23,6 +23,12 @@ def test_plain_train_writes_results_and_learns(run_cli):
     assert results["student"]["params"] == 6570  # mlp_small on 64 inputs, 10 classes
     assert results["config"]["recipe"]["name"] == "smoke"
     assert results["teacher"] is None and results["compression_ratio"] is None
+    # the deployable student holds the student's weights only, loadable into a fresh model
+    from hpmkd.models import build_model, load_weights
+
+    student = build_model("mlp_small", num_classes=10, input_shape=(1, 8, 8))
+    weights = next(run.outputs.rglob("student.pt"))
+    load_weights(student, str(weights), source=str(weights))
     assert "hpmkd train: plain on digits" in run.out
 
 

@@ -21,11 +21,14 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.engine.fit import FitResult, fit, fit_init_stage
 from hpmkd.engine.module import DistillModule
 from hpmkd.errors import UserError
+from hpmkd.io import write_atomic
 from hpmkd.methods import DistillMethod, MethodSetup, build_method
 from hpmkd.models import FeatureTap, build_model, count_parameters, resolve_features
 from hpmkd.store import ArtifactStore
 
 log = logging.getLogger("hpmkd")
+
+STUDENT_FILE = "student.pt"
 
 
 @dataclass
@@ -126,7 +129,7 @@ class RunContext:
                 epochs=method.init_epochs,
                 trainer_kwargs=trainer_kwargs,  # type: ignore[arg-type]
             )
-        return fit(
+        result = fit(
             module(init_stage=False),
             self.datamodule(),
             out_dir=out_dir,
@@ -135,6 +138,9 @@ class RunContext:
             loggers=self.loggers(out_dir if nested else None),
             ckpt_path=ckpt_path,
         )
+        if not nested:  # the deployable student: its own weights only, no method connectors
+            write_atomic(out_dir / STUDENT_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
+        return result
 
     def train_plain(self, model: nn.Module, *, out_dir: Path, nested: bool = False) -> FitResult:
         return self.train(model, build_method({"name": "ce"}), out_dir=out_dir, nested=nested)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +40,6 @@ def default_cache_dir() -> Path:
 def one_line(err: BaseException) -> str:
     """An exception's message collapsed onto one line, for UserError messages."""
     return " ".join(str(err).split()) or type(err).__name__
-
-
-def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Create ``path`` by calling ``write(tmp)`` on a temporary sibling, then renaming it.
-
-    Readers (including other processes loading the same data) never see a partial file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def label_tensor(values: object) -> torch.Tensor:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
+from hpmkd.io import write_atomic
 
-from ._common import atomic_write, label_tensor, one_line
+from ._common import label_tensor, one_line
 from ._images import image_splits
 from ._torchvision import dataset_root, open_torchvision
 
@@ -32,7 +33,7 @@ def unpack_local_archives(raw_dir: Path) -> None:
         if target.exists():
             continue
         try:
-            atomic_write(target, partial(_gunzip, archive))
+            write_atomic(target, partial(_gunzip, archive))
         except (OSError, EOFError) as err:
             raise UserError(f"cannot unpack {archive}: {one_line(err)}") from None
 

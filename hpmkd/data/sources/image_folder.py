@@ -15,8 +15,9 @@ from PIL import Image
 
 from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
+from hpmkd.io import write_atomic
 
-from ._common import atomic_write, default_cache_dir, one_line, option, required
+from ._common import default_cache_dir, one_line, option, required
 from ._images import image_splits
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
@@ -123,7 +124,7 @@ def load_image_folder_split(
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     blob = {"images": images, "labels": labels, "classes": classes}
     try:
-        atomic_write(cache, lambda tmp: torch.save(blob, tmp))
+        write_atomic(cache, lambda tmp: torch.save(blob, tmp))
     except OSError as err:
         warnings.warn(f"could not cache decoded images at {cache}: {one_line(err)}", stacklevel=2)
     return images, labels, classes

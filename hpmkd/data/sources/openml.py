@@ -10,8 +10,9 @@ import pandas as pd
 
 from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
+from hpmkd.io import write_atomic
 
-from ._common import atomic_write, default_cache_dir, one_line, option
+from ._common import default_cache_dir, one_line, option
 from ._tabular import check_columns, encode_labels, tabular_splits
 
 # dataset name -> (OpenML data_id, target column)
@@ -51,8 +52,8 @@ def fetch_table(name: str, data_id: int, target: str, cache_dir: Path) -> pd.Dat
     if cache.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == meta:
         return pd.read_csv(cache)
     frame = _download(name, data_id, target, cache)
-    atomic_write(cache, lambda tmp: frame.to_csv(tmp, index=False))
-    atomic_write(sidecar, lambda tmp: tmp.write_text(json.dumps(meta)))
+    write_atomic(cache, lambda tmp: frame.to_csv(tmp, index=False))
+    write_atomic(sidecar, lambda tmp: tmp.write_text(json.dumps(meta)))
     return pd.read_csv(cache)  # the same dtypes on the first and on every later load
 
 
