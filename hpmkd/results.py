@@ -78,38 +78,17 @@ def print_summary(results: dict[str, Any], path: Path, console: Console | None =
     table = Table(title=f"hpmkd train: {results['strategy']} on {results['data']['name']}")
     for column in ("role", "model", "params", "val acc %", "test acc %", "time s", "via"):
         table.add_column(column, justify="left" if column in ("role", "model") else "right")
-    teacher = results["teacher"]
-    if teacher:
-        source = teacher["extra"].get("source", "")
+    teacher = [results["teacher"]] if results["teacher"] else []
+    for model in teacher + results["intermediates"]:
         table.add_row(
-            "teacher",
-            teacher["arch"],
-            f"{teacher['params']:,}",
-            _pct(teacher["val_acc"]),
-            _pct(teacher["test_acc"]),
-            "",
-            source,
-        )
-    for link in results["intermediates"]:
-        table.add_row(
-            link["role"],
-            link["arch"],
-            f"{link['params']:,}",
-            _pct(link["val_acc"]),
-            _pct(link["test_acc"]),
-            "",
-            link["extra"].get("source", ""),
-        )
+            model["role"], model["arch"], f"{model['params']:,}", _pct(model["val_acc"]),
+            _pct(model["test_acc"]), "", model["extra"].get("source", ""),
+        )  # fmt: skip
     student = results["student"]
     table.add_row(
-        "student",
-        student["arch"],
-        f"{student['params']:,}",
-        _pct(results["acc_best"]),
-        _pct(results["test_acc"]),
-        f"{results['train_time_s']:.1f}",
-        results["method"],
-    )
+        "student", student["arch"], f"{student['params']:,}", _pct(results["acc_best"]),
+        _pct(results["test_acc"]), f"{results['train_time_s']:.1f}", results["method"],
+    )  # fmt: skip
     console.print(table)
     if results["compression_ratio"]:
         console.print(
