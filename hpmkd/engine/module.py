@@ -81,7 +81,8 @@ class DistillModule(L.LightningModule):
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
         self.test_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
 
-    def setup(self, stage: str) -> None:
+    def on_fit_start(self) -> None:
+        # the strategy has moved the module to its device by now (it has not yet in `setup`)
         if self.teacher is not None:
             self.teacher.to(self.device)
 
