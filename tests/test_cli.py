@@ -50,6 +50,8 @@ def test_kd_trains_teacher_once_then_reuses_it(run_cli):
     # the same seed gives the same student whether the teacher was trained or reused
     assert a["val_acc_history"] == b["val_acc_history"]
     assert b["compression_ratio"] == pytest.approx(b["teacher"]["params"] / b["student"]["params"])
+    listing = run_cli("store", "ls")
+    assert listing.code == 0 and "1 artifacts" in listing.out and "mlp_large" in listing.out
 
 
 def test_teacher_from_explicit_checkpoint(run_cli, tmp_path):
@@ -77,6 +79,11 @@ def test_multirun_over_seeds(run_cli):
     results = run.results()
     assert sorted(r["seed"] for r in results) == [0, 1]
     assert results[0]["val_acc_history"] != results[1]["val_acc_history"]
+    report = run_cli("report", str(run.outputs), "--out", str(run.outputs / "report"))
+    assert report.code == 0, report.err
+    summary = (run.outputs / "report" / "summary.md").read_text()
+    mean = sum(r["test_acc"] for r in results) / 2
+    assert f"| {mean:.2f} ± " in summary and "| 2 |" in summary
 
 
 def test_crashed_run_resumes_from_last_checkpoint(run_cli, hpmkd_env, monkeypatch):
