@@ -44,6 +44,7 @@ def build_results(
         "student": asdict(result.student) | {"extra_params": result.extra_params},
         "teacher": asdict(teacher) if teacher else None,
         "intermediates": [asdict(m) for m in result.intermediates],
+        "details": result.details,
         "compression_ratio": ratio,
         "epochs": fit.epochs,
         "acc_last": fit.acc_last,

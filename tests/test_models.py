@@ -232,6 +232,7 @@ def test_feature_points_give_rectified_and_pre_activation_tensors(name: str) -> 
         model(x)
         feats = tap.features
         assert set(feats) == set(points)
+        assert torch.equal(feats.pop("input"), x)  # the model's own input, as given
         assert feats["pool"].shape == (2, model.get_submodule(points["pool"][0]).in_features)
         for feat_name, feat in feats.items():
             assert isinstance(feat, torch.Tensor) and feat.shape[0] == 2

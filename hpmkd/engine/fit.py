@@ -25,6 +25,8 @@ def quiet_lightning() -> None:
     # In-memory tensor batches need no worker processes, and metrics are logged per epoch.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    # frozen models inside a method (SMSKD's reference) are in eval mode on purpose
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     # Lightning's own use of a deprecated torch pytree API, nothing a user can act on
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
 
@@ -123,6 +125,7 @@ def fit(
     trainer_kwargs: Mapping[str, Any],
     loggers: Sequence[Logger] | bool = False,
     ckpt_path: str | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Train, then test with the last and the best-validation weights."""
     has_val = len(datamodule.splits.y_val) > 0
@@ -133,7 +136,7 @@ def fit(
         trainer_kwargs=trainer_kwargs,
         has_val=has_val,
         loggers=loggers,
-        callbacks=[history],
+        callbacks=[history, *callbacks],
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -88,6 +88,7 @@ class DistillModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.method.epoch = self.current_epoch
+        self.method.on_epoch_start(self.student)
 
     def student_outputs(self, x: Tensor) -> ModelOutputs:
         logits = self.student(x)
@@ -100,7 +101,7 @@ class DistillModule(L.LightningModule):
         loss_fn = self.method.init_forward if self.init_stage else self.method
         losses = loss_fn(self.student_outputs(x), teacher, y, index)
         loss = torch.stack(list(losses.values())).sum()
-        self._accumulate({**losses, "loss": loss}, len(y))
+        self._accumulate({**losses, "loss": loss, **self.method.step_metrics()}, len(y))
         return loss
 
     def _accumulate(self, terms: dict[str, Tensor], batch_size: int) -> None:

@@ -64,8 +64,23 @@ class DistillMethod(nn.Module):
         self.teacher_features: tuple[str, ...] = ()
         self.epoch = 0
 
+    def bind_features(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Replace feature aliases by the models' concrete names (called by the engine)."""
+        from hpmkd.models import resolve_features
+
+        self.student_features = resolve_features(student, self.student_features)
+        if teacher is not None:
+            self.teacher_features = resolve_features(teacher, self.teacher_features)
+
     def setup(self, info: MethodSetup) -> None:
         """Create connector modules and buffers from what the dry forward pass showed."""
+
+    def on_epoch_start(self, student: nn.Module) -> None:
+        """Called by the engine at the start of every training epoch, after ``epoch`` is set."""
+
+    def step_metrics(self) -> dict[str, Tensor]:
+        """Quantities of the last step to log (not losses: never summed into the loss)."""
+        return {}
 
     def init_forward(
         self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor

@@ -6,13 +6,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def tempered_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """``T^2 * KL(softmax(z_t / T) || softmax(z_s / T))``, summed over classes, batch mean.
+def tempered_kl_per_sample(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float
+) -> Tensor:
+    """``T^2 * KL(softmax(z_t / T) || softmax(z_s / T))`` of each sample, shape (N,).
 
     Teacher distribution first, both sides as log-probabilities (no NaN from ``log(softmax)``),
     computed in fp32 whatever the autocast dtype of the logits.
     """
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
     return kl * temperature**2
+
+
+def tempered_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """``T^2 * KL(p_t || p_s)`` summed over classes, averaged over the batch ("batchmean")."""
+    return tempered_kl_per_sample(student_logits, teacher_logits, temperature).mean()

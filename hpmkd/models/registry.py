@@ -92,6 +92,8 @@ def build_model(
     if not isinstance(getattr(model, "feature_points", None), dict):
         raise TypeError(f"builder of model '{name}' did not set model.feature_points")
     model.model_name = name
+    # the model's own input, for methods that run a further model on the same batch (SMSKD)
+    model.feature_points["input"] = ("", "input")
     return model
 
 

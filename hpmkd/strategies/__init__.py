@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hpmkd.errors import unknown_name
-from hpmkd.strategies import kd, plain, takd
+from hpmkd.strategies import kd, plain, smskd, takd
 from hpmkd.strategies.context import RunContext, StrategyResult
 
 STRATEGIES: dict[str, Callable[[RunContext], StrategyResult]] = {
     "plain": plain.run,
     "kd": kd.run,
     "takd": takd.run,
+    "smskd": smskd.run,
+    "aggregate": smskd.run_aggregate,
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -23,7 +24,7 @@ from hpmkd.engine.module import DistillModule
 from hpmkd.errors import UserError
 from hpmkd.io import write_atomic
 from hpmkd.methods import DistillMethod, MethodSetup, build_method
-from hpmkd.models import FeatureTap, build_model, count_parameters, resolve_features
+from hpmkd.models import FeatureTap, build_model, count_parameters
 from hpmkd.store import ArtifactStore
 
 log = logging.getLogger("hpmkd")
@@ -51,6 +52,7 @@ class StrategyResult:
     teacher: ModelRecord | None = None
     method: dict[str, Any] | None = None
     intermediates: list[ModelRecord] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # strategy-specific (e.g. SMSKD stages)
 
 
 @dataclass
@@ -101,6 +103,7 @@ class RunContext:
         teacher: nn.Module | None = None,
         nested: bool = False,
         ckpt_path: str | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> FitResult:
         """Fit ``model`` with ``method`` (and ``teacher``) under the run's recipe and trainer."""
         prepare_method(self, model, method, teacher)
@@ -137,6 +140,7 @@ class RunContext:
             trainer_kwargs=trainer_kwargs,  # type: ignore[arg-type]
             loggers=self.loggers(out_dir if nested else None),
             ckpt_path=ckpt_path,
+            callbacks=callbacks,
         )
         if not nested:  # the deployable student: its own weights only, no method connectors
             write_atomic(out_dir / STUDENT_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
@@ -155,7 +159,7 @@ def prepare_method(
 ) -> None:
     """Resolve the method's feature names, then a dry forward on two samples: class counts must
     agree, and the method sizes its connectors from the feature shapes."""
-    method.student_features = resolve_features(student, method.student_features)
+    method.bind_features(student, teacher)
     x = ctx.transform(ctx.data.x_train[:2], train=False)
     was_training = student.training
     student.eval()
@@ -165,7 +169,6 @@ def prepare_method(
     student.train(was_training)
     teacher_shapes: dict[str, torch.Size] = {}
     if teacher is not None:
-        method.teacher_features = resolve_features(teacher, method.teacher_features)
         teacher.eval()
         with FeatureTap(teacher, method.teacher_features) as tap:
             teacher_logits = teacher(x)

@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 from torch import nn
 
-from hpmkd.methods import build_method
+from hpmkd.methods import DistillMethod, build_method
 from hpmkd.strategies.context import RunContext, StrategyResult, model_record
 from hpmkd.strategies.teacher import obtain_teacher
 
 
 def distil_student(
-    ctx: RunContext, teacher: nn.Module, method_cfg: dict[str, Any]
+    ctx: RunContext,
+    teacher: nn.Module,
+    method_cfg: dict[str, Any],
+    make_method: Callable[[nn.Module], DistillMethod] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> StrategyResult:
-    """Distil the run's student from ``teacher`` with ``method_cfg`` (seeded like a plain run)."""
-    method = build_method(method_cfg)
+    """Distil the run's student from ``teacher`` (seeded like a plain run).
+
+    The method is ``build_method(method_cfg)``, or ``make_method(student)`` for methods that
+    need the student itself (SMSKD's reference copy).
+    """
     ctx.seed()
     student = ctx.build(ctx.cfg.student)
+    method = make_method(student) if make_method else build_method(method_cfg)
     result = ctx.train(
-        student, method, out_dir=ctx.out_dir, teacher=teacher, ckpt_path=ctx.ckpt_path
+        student,
+        method,
+        out_dir=ctx.out_dir,
+        teacher=teacher,
+        ckpt_path=ctx.ckpt_path,
+        callbacks=callbacks,
     )
     record = model_record(
         "student", ctx.cfg.student.arch, student, val_acc=result.acc_best, test_acc=result.test_acc
@@ -32,6 +47,7 @@ def distil_student(
 
 def run(ctx: RunContext) -> StrategyResult:
     teacher, teacher_record = obtain_teacher(ctx, ctx.cfg.teacher)
-    result = distil_student(ctx, teacher, OmegaConf.to_container(ctx.cfg.method, resolve=True))  # type: ignore[arg-type]
+    method_cfg = OmegaConf.to_container(ctx.cfg.method, resolve=True)
+    result = distil_student(ctx, teacher, method_cfg)  # type: ignore[arg-type]
     result.teacher = teacher_record
     return result
