@@ -27,8 +27,11 @@ common=(
 [ -f "$out/ce/2/results.json" ] || $hpmkd train -m "${common[@]}" "hydra.sweep.dir=$out/ce"
 methods=${METHODS:-kd,dkd,dist,fitnet,at,vid,sp,cc,pkt}
 $hpmkd train -m "${common[@]}" +strategy=kd "method=$methods" "hydra.sweep.dir=$out/single"
-$hpmkd train -m "${common[@]}" +strategy=kd method=ab,ft "method.init_epochs=$init_epochs" \
-  "hydra.sweep.dir=$out/init_stage"
+# (one sweep per method: Hydra rejects method.* overrides next to a swept method choice)
+for method in ab ft; do
+  $hpmkd train -m "${common[@]}" +strategy=kd "method=$method" "method.init_epochs=$init_epochs" \
+    "hydra.sweep.dir=$out/$method"
+done
 $hpmkd train -m "${common[@]}" +strategy=kd method=fsp "method.init_epochs=$init_epochs" \
   "method.student_features=[stages]" "method.teacher_features=[stages]" "hydra.sweep.dir=$out/fsp"
 $hpmkd train -m "${common[@]}" +strategy=takd assistant=mlp "hydra.sweep.dir=$out/takd"
