@@ -34,6 +34,7 @@ class DataSplits:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     augment: dict = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> str:
         """Content address of the data: sha256 over every split's dtype, shape and bytes.
@@ -41,13 +42,16 @@ class DataSplits:
         The name, normalisation and augmentation settings are not part of it, so two sources that
         yield the same tensors share one fingerprint.
         """
+        if self._fingerprint is not None:
+            return self._fingerprint
         digest = hashlib.sha256(f"num_classes={self.num_classes}".encode())
         for split in ("train", "val", "test"):
             for tensor in (getattr(self, f"x_{split}"), getattr(self, f"y_{split}")):
                 array = tensor.detach().cpu().contiguous().numpy()
                 digest.update(f"|{split}:{array.dtype}:{tuple(array.shape)}|".encode())
                 digest.update(memoryview(array).cast("B"))
-        return digest.hexdigest()
+        self._fingerprint = digest.hexdigest()  # splits are never modified after loading
+        return self._fingerprint
 
     def summary(self) -> dict:
         """Name, split sizes, number of classes and per-sample input shape, for logs."""

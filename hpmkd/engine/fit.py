@@ -26,7 +26,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     # frozen models inside a method (SMSKD's reference) are in eval mode on purpose
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+    warnings.filterwarnings(
+        "ignore", message=".*module\\(s\\) in eval mode at the start of training.*"
+    )
     # Lightning's own use of a deprecated torch pytree API, nothing a user can act on
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from hpmkd.methods.base import ModelOutputs
 from hpmkd.methods.composite import Composite
+from hpmkd.methods.functional import cross_entropy
 
 
 class Aggregate(Composite):
@@ -19,7 +19,7 @@ class Aggregate(Composite):
     def forward(
         self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor
     ) -> dict[str, Tensor]:
-        terms = {"ce": self.lambda_c * F.cross_entropy(student.logits.float(), labels)}
+        terms = {"ce": self.lambda_c * cross_entropy(student.logits, labels)}
         for child in self.children_methods:
             for term, value in child(student, teacher, labels, index).items():
                 terms[f"{child.name}/{term}"] = value

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from hpmkd.methods.base import DistillMethod, ModelOutputs, register_method
+from hpmkd.methods.functional import cross_entropy
 
 
 @register_method
@@ -20,4 +20,4 @@ class CrossEntropy(DistillMethod):
     def forward(
         self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor
     ) -> dict[str, Tensor]:
-        return {"ce": self.ce_weight * F.cross_entropy(student.logits.float(), labels)}
+        return {"ce": self.ce_weight * cross_entropy(student.logits, labels)}

@@ -20,7 +20,7 @@ def build_children(configs: Sequence[Mapping[str, Any]]) -> list[DistillMethod]:
     children = []
     for cfg in configs:
         params = dict(cfg)
-        if "ce_weight" in params or _has_ce_weight(params["name"]):
+        if _has_ce_weight(params["name"]):
             params["ce_weight"] = 0.0
         children.append(build_method(params))
     return children

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from hpmkd.errors import UserError
 from hpmkd.methods.base import DistillMethod, MethodSetup, ModelOutputs, register_method
 from hpmkd.methods.feature_math import feature_specs
-from hpmkd.methods.functional import tempered_kl
+from hpmkd.methods.functional import cross_entropy, tempered_kl
 
 log = logging.getLogger("hpmkd")
 
@@ -269,7 +269,7 @@ class CRD(DistillMethod):
     ) -> dict[str, Tensor]:
         if teacher is None:
             raise ValueError("method 'crd' needs a teacher")
-        terms = {"ce": self.ce_weight * F.cross_entropy(student.logits.float(), labels)}
+        terms = {"ce": self.ce_weight * cross_entropy(student.logits, labels)}
         if self.kd_weight:
             terms["kd"] = self.kd_weight * tempered_kl(
                 student.logits, teacher.logits, self.temperature

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hpmkd.methods.base import DistillMethod, ModelOutputs, register_method
+from hpmkd.methods.functional import cross_entropy
 from hpmkd.methods.relation_math import pearson_correlation, require_same_shape
 
 
@@ -56,7 +57,7 @@ class DIST(DistillMethod):
         inter = 1.0 - pearson_correlation(y_s, y_t).mean()
         intra = 1.0 - pearson_correlation(y_s.t(), y_t.t()).mean()
         return {
-            "ce": self.ce_weight * F.cross_entropy(student.logits.float(), labels),
+            "ce": self.ce_weight * cross_entropy(student.logits, labels),
             "dist_inter": self.beta * t**2 * inter,
             "dist_intra": self.gamma * t**2 * intra,
         }

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hpmkd.methods.base import DistillMethod, ModelOutputs, register_method
-from hpmkd.methods.functional import tempered_kl
+from hpmkd.methods.functional import cross_entropy, tempered_kl
 from hpmkd.methods.relation_math import require_same_shape
 
 
@@ -78,7 +78,7 @@ class DKD(DistillMethod):
         binary_t, others_t = split_target(teacher.logits, labels, t)
         w = self.warmup_factor()
         return {
-            "ce": self.ce_weight * F.cross_entropy(student.logits.float(), labels),
+            "ce": self.ce_weight * cross_entropy(student.logits, labels),
             "tckd": w * self.alpha * tempered_kl(binary_s, binary_t, t),
             "nckd": w * self.beta * tempered_kl(others_s, others_t, t),
         }

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from hpmkd.errors import UserError
 from hpmkd.methods.base import DistillMethod, MethodSetup, ModelOutputs
-from hpmkd.methods.functional import tempered_kl
+from hpmkd.methods.functional import cross_entropy, tempered_kl
 
 log = logging.getLogger("hpmkd")
 
@@ -209,7 +209,7 @@ class FeatureMethod(DistillMethod):
     ) -> dict[str, Tensor]:
         """``ce`` always; ``kd`` when ``kd_weight`` is non-zero; the method's own term, named
         after it and weighted by ``beta``, when ``beta`` is non-zero."""
-        terms = {"ce": self.ce_weight * F.cross_entropy(student.logits.float(), labels)}
+        terms = {"ce": self.ce_weight * cross_entropy(student.logits, labels)}
         if self.kd_weight and teacher is not None:
             terms["kd"] = self.kd_weight * tempered_kl(
                 student.logits, teacher.logits, self.temperature

@@ -23,3 +23,8 @@ def tempered_kl_per_sample(
 def tempered_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """``T^2 * KL(p_t || p_s)`` summed over classes, averaged over the batch ("batchmean")."""
     return tempered_kl_per_sample(student_logits, teacher_logits, temperature).mean()
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy on the labels, in fp32 whatever the autocast dtype of the logits."""
+    return F.cross_entropy(logits.float(), labels)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from hpmkd.methods.base import DistillMethod, ModelOutputs, register_method
-from hpmkd.methods.functional import tempered_kl
+from hpmkd.methods.functional import cross_entropy, tempered_kl
 
 
 @register_method
@@ -26,6 +25,6 @@ class KD(DistillMethod):
     ) -> dict[str, Tensor]:
         assert teacher is not None
         return {
-            "ce": self.ce_weight * F.cross_entropy(student.logits.float(), labels),
+            "ce": self.ce_weight * cross_entropy(student.logits, labels),
             "kd": self.kd_weight * tempered_kl(student.logits, teacher.logits, self.temperature),
         }

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from hpmkd.errors import UserError
 from hpmkd.methods.base import DistillMethod, MethodSetup, ModelOutputs
+from hpmkd.methods.functional import cross_entropy
 
 
 def flatten_batch(x: Tensor) -> Tensor:
@@ -111,7 +111,7 @@ class FeaturePairMethod(DistillMethod):
         self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor
     ) -> dict[str, Tensor]:
         assert teacher is not None
-        terms = {"ce": self.ce_weight * F.cross_entropy(student.logits.float(), labels)}
+        terms = {"ce": self.ce_weight * cross_entropy(student.logits, labels)}
         relation: dict[str, Tensor] = {}
         for k, (s_name, t_name) in enumerate(self.feature_pairs()):
             f_s, f_t = student.features[s_name], teacher.features[t_name]

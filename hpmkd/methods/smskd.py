@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from hpmkd.errors import UserError
 from hpmkd.methods.base import DistillMethod, ModelOutputs
 from hpmkd.methods.composite import Composite
-from hpmkd.methods.functional import tempered_kl_per_sample
+from hpmkd.methods.functional import cross_entropy, tempered_kl_per_sample
 
 WEIGHTS = ("teacher_tcp", "one_minus_teacher_tcp", "reference_tcp", "none")
 
@@ -92,7 +92,7 @@ class SMSKD(Composite):
         active = self.children_methods[stage]
         own_terms = active(student, teacher, labels, index)
         terms = {f"{active.name}/{k}": v for k, v in own_terms.items()}
-        terms["ce"] = self.lambda_c * F.cross_entropy(student.logits.float(), labels)
+        terms["ce"] = self.lambda_c * cross_entropy(student.logits, labels)
         self._metrics = {"stage": torch.tensor(float(stage + 1))}
         if stage > 0 and self.use_reference:
             with torch.no_grad():
