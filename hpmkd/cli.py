@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from hpmkd.errors import UserError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from hpmkd.store import ArtifactStore
 
 USAGE = """usage: hpmkd <command> [args]
 
 commands:
   train    train or distil (Hydra overrides; `hpmkd train --help` lists config groups)
   models   list the model zoo with parameter counts
-  store    list the artifacts in the shared store
+  store    list (ls) or prune (gc) the shared store of trained models and the run history
   report   tables (mean +- std over seeds) from finished runs
+  acm      what HPM-KD's configuration manager would choose for a setting (train overrides)
 """
 
 
@@ -109,33 +116,55 @@ def models(args: list[str]) -> int:
 
 def store(args: list[str]) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from hpmkd.config import register_resolvers
     from hpmkd.store import ArtifactStore
 
-    parser = argparse.ArgumentParser(prog="hpmkd store", description="Inspect the artifact store.")
-    parser.add_argument("action", choices=["ls"])
+    parser = argparse.ArgumentParser(prog="hpmkd store", description="Inspect or prune the store.")
+    parser.add_argument("action", choices=["ls", "gc"])
     parser.add_argument("--root", default=None, help="store directory (default: the config's)")
+    parser.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="gc: artifacts created over DAYS ago"
+    )
+    parser.add_argument(
+        "--role", action="append", default=[], help="gc: artifacts of this role (teacher, link1...)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="gc: say what would go")
     opts = parser.parse_args(args)
     register_resolvers()
-    root = opts.root or _default_store_root()
-    artifacts = ArtifactStore(root).list()
-    table = Table(title=f"hpmkd store: {root} ({len(artifacts)} artifacts)")
-    for column in ("key", "arch", "data", "seed", "val acc %", "test acc %"):
-        table.add_column(column)
-    for artifact in artifacts:
+    artifacts = ArtifactStore(opts.root or _default_store_root())
+    console = Console()
+    if opts.action == "ls":
+        console.print(_store_table(artifacts))
+        return 0
+    removed = artifacts.gc(older_than_days=opts.older_than, roles=opts.role, dry_run=opts.dry_run)
+    verb = "would remove" if opts.dry_run else "removed"
+    console.print(f"{verb} {len(removed)} artifacts from {artifacts.root}")
+    for artifact in removed:
+        meta = artifact.meta
+        console.print(f"  {artifact.key[:12]} {meta.get('role')} {meta.get('arch')}")
+    return 0
+
+
+def _store_table(artifacts: ArtifactStore) -> Table:
+    from rich.table import Table
+
+    items = artifacts.list()
+    table = Table(title=f"hpmkd store: {len(items)} artifacts", caption=str(artifacts.root))
+    for column in ("key", "role", "arch", "seed", "val acc %", "test acc %", "MB"):
+        table.add_column(column, overflow="fold")
+    for artifact in items:
         meta = artifact.meta
         table.add_row(
             artifact.key[:12],
+            str(meta.get("role", "")),
             str(meta.get("arch")),
-            str(meta.get("data", ""))[:12],
             str(meta.get("seed")),
             _fmt(meta.get("val_acc")),
             _fmt(meta.get("test_acc")),
+            f"{artifact.size_bytes() / 1e6:.1f}",
         )
-    Console().print(table)
-    return 0
+    return table
 
 
 def _default_store_root() -> str:
@@ -191,7 +220,14 @@ def report(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train, "models": models, "store": store, "report": report}
+def acm(args: list[str]) -> int:
+    from hpmkd.hpm.inspect import show_acm
+
+    show_acm(args)
+    return 0
+
+
+COMMANDS = {"train": train, "models": models, "store": store, "report": report, "acm": acm}
 
 
 def main(argv: list[str] | None = None) -> None:

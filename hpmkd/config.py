@@ -49,7 +49,10 @@ def register_model_groups() -> None:
     wide_resnets = [f"wrn_{d}_{w}" for d in (10, 16, 22, 28, 40) for w in (1, 2, 4, 8, 10)]
     for name in sorted(set(list_models()) | set(wide_resnets)):
         params = dict(model_info(name).default_params)
-        store.store(group="student", name=name, node={"arch": name, "params": params})
+        # target_ratio: replaced by the member of this model's family closest to
+        # teacher parameters / target_ratio (a compression-ratio scan)
+        student = {"arch": name, "params": params, "target_ratio": None}
+        store.store(group="student", name=name, node=student)
         store.store(
             group="assistant", name=name, node={"arch": name, "params": params, "checkpoint": None}
         )
@@ -85,6 +88,12 @@ def validate(cfg: DictConfig) -> None:
     method = cfg.get("method")
     if method is not None:
         _positive(method.get("temperature"), "method.temperature")
+    schedule = cfg.get("temperature")
+    if schedule and method is not None and "temperature" not in method:
+        raise UserError(
+            f"temperature={schedule.name} needs a method with a temperature; "
+            f"method '{method.name}' has none"
+        )
     for role in ("student", "teacher"):
         if cfg.get(role) is None:
             raise UserError(

@@ -51,6 +51,7 @@ def build_results(
         "acc_best": fit.acc_best,
         "best_epoch": fit.best_epoch,
         "val_acc_history": fit.val_history,
+        "curves": fit.curves,
         "test_acc": fit.test_acc,
         "test_acc_last": fit.test_acc_last,
         "test_acc_best": fit.test_acc_best,

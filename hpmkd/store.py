@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,9 @@ class Artifact:
     @property
     def model_file(self) -> Path:
         return self.path / MODEL_FILE
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
 
 
 class ArtifactStore:
@@ -98,3 +101,43 @@ class ArtifactStore:
             return []
         found = (self.get(p.name) for p in sorted(objects.glob("*/*")))
         return sorted((a for a in found if a is not None), key=lambda a: a.meta.get("created", 0))
+
+    def remove(self, key: str) -> None:
+        """Take an artifact out atomically (renamed away first, so no reader sees half of it)."""
+        with self.lock(key):
+            path = self._dir(key)
+            if not path.is_dir():
+                return
+            trash = self.root / "staging" / f"removed-{key}-{os.getpid()}"
+            trash.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def gc(
+        self,
+        *,
+        older_than_days: float | None = None,
+        roles: Sequence[str] = (),
+        dry_run: bool = False,
+    ) -> list[Artifact]:
+        """Remove the artifacts matching every given filter (none given: none removed), then
+        leftovers of interrupted writes older than an hour. Returns what was (or would be)
+        removed."""
+        now = time.time()
+
+        def matches(artifact: Artifact) -> bool:
+            if older_than_days is None and not roles:
+                return False
+            age_days = (now - artifact.meta.get("created", now)) / 86400
+            old_enough = older_than_days is None or age_days > older_than_days
+            return old_enough and (not roles or artifact.meta.get("role") in roles)
+
+        doomed = [a for a in self.list() if matches(a)]
+        if not dry_run:
+            for artifact in doomed:
+                self.remove(artifact.key)
+            staging = self.root / "staging"
+            for leftover in staging.glob("*") if staging.is_dir() else ():
+                if now - leftover.stat().st_mtime > 3600:
+                    shutil.rmtree(leftover, ignore_errors=True)
+        return doomed

@@ -7,15 +7,21 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpmkd import config
 from hpmkd.data import load_data
+from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
+from hpmkd.hpm.history import append_run
+from hpmkd.hpm.record import history_row
 from hpmkd.io import write_json_atomic
+from hpmkd.models import build_model, count_parameters
+from hpmkd.models.family import family_members, member_at_ratio
 from hpmkd.results import RESULTS_FILE, build_results, print_summary, write_results
 from hpmkd.store import ArtifactStore, content_key
 from hpmkd.strategies import RunContext, run_strategy
+from hpmkd.strategies.multi_teacher import teacher_configs
 
 log = logging.getLogger("hpmkd")
 
@@ -70,6 +76,25 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
+def student_at_ratio(cfg: DictConfig, data: DataSplits) -> None:
+    """Replace the student by the member of its family at ``student.target_ratio`` (in place)."""
+    shape = {"num_classes": data.num_classes, "input_shape": data.input_shape}
+    teacher_params = max(
+        count_parameters(build_model(t.arch, **shape, **(t.params or {})))
+        for t in teacher_configs(cfg)
+    )
+    student = cfg.student
+    members = family_members(student.arch, OmegaConf.to_container(student.params or {}), **shape)  # type: ignore[arg-type]
+    member, ratio = member_at_ratio(members, teacher_params, float(student.target_ratio))
+    log.info(
+        "student for target ratio %g: %s, %s parameters (ratio %.1f)",
+        student.target_ratio, member.label, f"{member.num_params:,}", ratio,
+    )  # fmt: skip
+    with open_dict(cfg):
+        student.arch = member.arch
+        student.params = member.params
+
+
 def run_train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     config.validate(cfg)
@@ -78,6 +103,8 @@ def run_train(cfg: DictConfig) -> dict:
     ckpt_path = find_resume_checkpoint(cfg, out_dir, key)
     strategy = cfg.strategy.name if cfg.get("strategy") else "plain"
     data = load_data(cfg.data)
+    if cfg.student.get("target_ratio"):
+        student_at_ratio(cfg, data)
     write_json_atomic(out_dir / RUN_FILE, {"config_key": key, "strategy": strategy})
     ctx = RunContext(
         cfg=cfg,
@@ -99,5 +126,8 @@ def run_train(cfg: DictConfig) -> dict:
         wall_time_s=time.perf_counter() - start,
     )
     path = write_results(out_dir, results)
+    row = history_row(results, data)
+    if row is not None:
+        append_run(cfg.store.root, row)
     print_summary(results, path)
     return results

@@ -6,7 +6,7 @@ import logging
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +33,37 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
 
 
-class ValAccuracyHistory(Callback):
-    """Validation top-1 (%) per epoch; checkpointed so a resumed run keeps its history."""
+class EpochHistory(Callback):
+    """Per-epoch curves: validation top-1 (%), the epoch means of the training loss terms and
+    method metrics, and the method's temperature when it has one. Checkpointed, so a resumed run
+    keeps its history."""
 
     def __init__(self) -> None:
-        self.history: list[float] = []
+        self.val_acc: list[float] = []
+        self.curves: dict[str, list[float]] = {}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        values = {k: float(v) for k, v in pl_module.epoch_means().items()}  # type: ignore[operator]
+        temperature = getattr(pl_module.method, "temperature", None)  # type: ignore[attr-defined]
+        if temperature is not None:
+            values["temperature"] = float(temperature)
+        for name, value in values.items():
+            curve = self.curves.setdefault(name, [])
+            del curve[trainer.current_epoch :]
+            curve.append(value)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
             return
-        self.history.append(100.0 * float(trainer.callback_metrics["val/acc"]))
+        self.val_acc.append(100.0 * float(trainer.callback_metrics["val/acc"]))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history)}
+        curves = {k: list(v) for k, v in self.curves.items()}
+        return {"val_acc": list(self.val_acc), "curves": curves}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict["history"])
+        self.val_acc = list(state_dict["val_acc"])
+        self.curves = {k: list(v) for k, v in state_dict["curves"].items()}
 
 
 @dataclass
@@ -61,6 +76,7 @@ class FitResult:
     test_acc_best: float | None
     test_acc5_last: float | None
     train_time_s: float
+    curves: dict[str, list[float]] = field(default_factory=dict)  # per-epoch training curves
 
     @property
     def acc_last(self) -> float | None:
@@ -131,7 +147,7 @@ def fit(
 ) -> FitResult:
     """Train, then test with the last and the best-validation weights."""
     has_val = len(datamodule.splits.y_val) > 0
-    history = ValAccuracyHistory()
+    history = EpochHistory()
     trainer, checkpoint = make_trainer(
         out_dir=out_dir,
         epochs=epochs,
@@ -144,7 +160,7 @@ def fit(
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_time = time.perf_counter() - start
     # testing the best checkpoint restores callback states too: keep the full history first
-    val_history = list(history.history)
+    val_history, curves = list(history.val_acc), dict(history.curves)
 
     def test(ckpt: str | None) -> Mapping[str, float]:
         return trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
@@ -159,6 +175,7 @@ def fit(
         test_acc_best=100.0 * best["test/acc"] if best else None,
         test_acc5_last=100.0 * top5 if top5 is not None else None,
         train_time_s=train_time,
+        curves=curves,
     )
 
 

@@ -74,6 +74,7 @@ class DistillModule(L.LightningModule):
         self.teacher = FrozenTeacher(teacher, method.teacher_features) if teacher else None
         self.student_tap = FeatureTap(student, method.student_features)
         self._epoch_sums: dict[str, Tensor] = {}
+        self._loss_terms: set[str] = set()
         self._epoch_samples = 0
         top5 = num_classes > 10
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -101,6 +102,7 @@ class DistillModule(L.LightningModule):
         loss_fn = self.method.init_forward if self.init_stage else self.method
         losses = loss_fn(self.student_outputs(x), teacher, y, index)
         loss = torch.stack(list(losses.values())).sum()
+        self._loss_terms.update(losses)
         self._accumulate({**losses, "loss": loss, **self.method.step_metrics()}, len(y))
         return loss
 
@@ -111,10 +113,20 @@ class DistillModule(L.LightningModule):
             self._epoch_sums[term] = self._epoch_sums.get(term, 0.0) + value.detach() * batch_size
         self._epoch_samples += batch_size
 
+    def epoch_means(self) -> dict[str, Tensor]:
+        """Sample-weighted means of this epoch's loss terms and metrics so far."""
+        if not self._epoch_samples:
+            return {}
+        return {term: total / self._epoch_samples for term, total in self._epoch_sums.items()}
+
+    def epoch_loss_terms(self) -> dict[str, float]:
+        """This epoch's mean of each named loss term of the method (no total, no metrics)."""
+        means = self.epoch_means()
+        return {term: float(means[term]) for term in self._loss_terms if term in means}
+
     def on_train_epoch_end(self) -> None:
-        if self._epoch_samples:
-            for term, total in self._epoch_sums.items():
-                self.log(f"train/{term}", total / self._epoch_samples, prog_bar=term == "loss")
+        for term, mean in self.epoch_means().items():
+            self.log(f"train/{term}", mean, prog_bar=term == "loss")
         self._epoch_sums, self._epoch_samples = {}, 0
 
     def _evaluate(self, batch: Batch, split: str) -> None:

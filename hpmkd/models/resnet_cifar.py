@@ -5,12 +5,16 @@
 - ``resnet8x4``, ``resnet32x4``: stem 32, stages 64/128/256, option-B shortcuts.
 - ``resnet{8,...,110}_a``: option-A shortcuts (parameter-free: subsample and zero-pad channels);
   the module names match the public pretrained CIFAR-10 checkpoints, so they load strictly.
+- Any depth 6n+2 by pattern: ``resnet{D}`` and ``resnet{D}_a``, and ``resnet{D}w{K}`` with every
+  width multiplied by K (option B), the ladder progressive distillation and compression-ratio
+  scans pick from (``hpmkd.models.family``).
 
 Modules: ``conv1`` -> ``bn1`` -> ``stem_act`` -> ``layer1..3`` -> ``pool`` -> ``linear``.
 Features: ``stem``/``stem_pre``, ``stage1..3``/``stage1..3_pre`` (the last block's ``out_act``),
 ``pool`` (input of ``linear``).
 """
 
+import re
 from functools import partial
 from typing import Literal
 
@@ -18,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpmkd.errors import UserError
+
 from .common import FeaturePoints, activation_points, conv1x1, conv3x3, init_weights
-from .registry import register_model
+from .registry import ModelSpec, register_model, register_pattern
 
 Shortcut = Literal["A", "B"]
 
@@ -126,3 +132,20 @@ for _depth in (8, 14, 20, 32, 44, 56, 110):
     register_model(f"resnet{_depth}_a", "resnet_cifar")(partial(_build, _depth, _NARROW, "A"))
 for _depth in (8, 32):
     register_model(f"resnet{_depth}x4", "resnet_cifar")(partial(_build, _depth, _WIDE, "B"))
+
+
+def _spec_for(match: re.Match[str]) -> ModelSpec:
+    name, depth = match.group(0), int(match.group(1))
+    shortcut: Shortcut = "A" if match.group(2) else "B"
+    multiplier = int(match.group(3) or 1)
+    if depth < 8 or (depth - 2) % 6 or multiplier < 1:
+        raise UserError(
+            f"model '{name}' is not a valid CIFAR ResNet: depth must be 6n+2 >= 8 "
+            "(8, 14, 20, 26, 32, ...) and a width multiplier wK needs K >= 1"
+        )
+    widths = tuple(w * multiplier for w in _NARROW)
+    builder = partial(_build, depth, widths, shortcut)
+    return ModelSpec(name, "resnet_cifar", {}, True, builder)  # type: ignore[arg-type]
+
+
+register_pattern(r"resnet(\d+)(?:(_a)|w(\d+))?", _spec_for)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hpmkd.errors import unknown_name
-from hpmkd.strategies import kd, plain, smskd, takd
+from hpmkd.strategies import hpmkd, kd, multi_teacher, plain, progressive, smskd, takd
 from hpmkd.strategies.context import RunContext, StrategyResult
 
 STRATEGIES: dict[str, Callable[[RunContext], StrategyResult]] = {
@@ -14,6 +14,9 @@ STRATEGIES: dict[str, Callable[[RunContext], StrategyResult]] = {
     "takd": takd.run,
     "smskd": smskd.run,
     "aggregate": smskd.run_aggregate,
+    "progressive": progressive.run,
+    "multi_teacher": multi_teacher.run,
+    "hpmkd": hpmkd.run,
 }
 
 

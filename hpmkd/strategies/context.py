@@ -22,6 +22,7 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.engine.fit import FitResult, fit, fit_init_stage
 from hpmkd.engine.module import DistillModule
 from hpmkd.errors import UserError
+from hpmkd.hpm.temperature import schedule_from_config
 from hpmkd.io import write_atomic
 from hpmkd.methods import DistillMethod, MethodSetup, build_method
 from hpmkd.models import FeatureTap, build_model, count_parameters
@@ -42,6 +43,7 @@ class ModelRecord:
     val_acc: float | None = None
     test_acc: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] | None = None  # the FitResult of its training, when hpmkd trained it
 
 
 @dataclass
@@ -132,6 +134,9 @@ class RunContext:
                 epochs=method.init_epochs,
                 trainer_kwargs=trainer_kwargs,  # type: ignore[arg-type]
             )
+        schedule = schedule_from_config(self.cfg.get("temperature"), recipe.epochs)
+        if schedule is not None and hasattr(method, "temperature"):
+            callbacks = [*callbacks, schedule]
         result = fit(
             module(init_stage=False),
             self.datamodule(),

@@ -8,6 +8,7 @@ everything that determines it, so the next run that needs the same model reuses 
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ def model_spec(ctx: RunContext, model_cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def teacher_identity(record: ModelRecord) -> Any:
+    """What identifies a teacher in its students' store keys: its own key, or its source."""
+    return record.extra.get("store_key") or record.extra
+
+
 def obtain_model(
     ctx: RunContext,
     model_cfg: DictConfig,
@@ -63,10 +69,11 @@ def obtain_model(
         load_weights(model, path, source=path)
         log.info("%s %s: loaded from checkpoint %s", role, model_cfg.arch, path)
         extra = {"source": "checkpoint", "checkpoint": path}
+        fit = None
     else:
         spec = model_spec(ctx, model_cfg)
         if teacher is not None:
-            spec["distilled_from"] = teacher[1].extra.get("store_key") or teacher[1].extra
+            spec["distilled_from"] = teacher_identity(teacher[1])
             spec["method"] = method_cfg
         key = content_key("model", spec)
         with ctx.store.lock(key):
@@ -75,19 +82,20 @@ def obtain_model(
                 load_weights(model, str(artifact.model_file), source=str(artifact.model_file))
                 log.info("%s %s: reused from the store (%s)", role, model_cfg.arch, key[:12])
                 extra = {"source": "store", "store_key": key}
+                fit = artifact.meta.get("fit")
+                spec["extra_params"] = artifact.meta.get("extra_params", 0)
             else:
                 log.info("%s %s: not in the store, training it first", role, model_cfg.arch)
                 ctx.seed(model_seed(ctx, model_cfg))
                 if teacher is None:
                     result = ctx.train_plain(model, out_dir=ctx.out_dir / role, nested=True)
                 else:
+                    method = build_method(method_cfg or {"name": "kd"})
                     result = ctx.train(
-                        model,
-                        build_method(method_cfg or {"name": "kd"}),
-                        out_dir=ctx.out_dir / role,
-                        teacher=teacher[0],
-                        nested=True,
+                        model, method, out_dir=ctx.out_dir / role, teacher=teacher[0], nested=True
                     )
+                    spec["extra_params"] = method.extra_parameters()  # meta only, not the key
+                fit = asdict(result)
                 meta = {
                     **spec,
                     "role": role,
@@ -95,10 +103,13 @@ def obtain_model(
                     "test_acc": result.test_acc,
                     "epochs": result.epochs,
                     "train_time_s": result.train_time_s,
+                    "fit": fit,
                 }
                 ctx.store.put_model(key, model.state_dict(), meta)
                 log.info("%s %s: trained and stored (%s)", role, model_cfg.arch, key[:12])
                 extra = {"source": "trained", "store_key": key}
+        if teacher is not None:
+            extra["extra_params"] = spec.get("extra_params", 0)
     data = ctx.data
     record = ModelRecord(
         role=role,
@@ -107,6 +118,7 @@ def obtain_model(
         val_acc=accuracy(model, data.x_val, data.y_val, ctx.transform, device=ctx.device),
         test_acc=accuracy(model, data.x_test, data.y_test, ctx.transform, device=ctx.device),
         extra=extra,
+        fit=fit,
     )
     return model.eval().requires_grad_(False), record
 

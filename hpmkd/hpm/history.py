@@ -1,0 +1,90 @@
+"""The run history H that ACM learns from, kept in the shared store (METHODS.md section 2, 1 and 6).
+
+H is ``history.jsonl`` in the store's root directory: one JSON object per line, one line per
+finished run, appended and never rewritten. A row looks like::
+
+    {
+      "phi": {"n_train": 50000.0, "n_classes": 100.0, ..., "teacher_acc": 72.3},
+      "config": {"T0": 4.0, "alpha": 0.9, "lr": 0.05, "epochs": 240, "epsilon": 0.5},
+      "result": {"retention": 0.97, "student_acc": 70.1},
+      "data": "cifar100",
+      "strategy": "hpmkd",
+      "run": "<run directory or id>",
+      "time": 1767225600.0
+    }
+
+``phi`` holds the meta-features of ``hpmkd.hpm.acm.META_FEATURES``; ``config`` the knobs ACM
+chooses; ``result`` what the run achieved; ``time`` is seconds since the epoch. Every field is
+optional to readers: a row written before a field existed (no ``"epsilon"``, say) is still read,
+and ACM simply does not learn from rows that lack what it needs.
+
+Concurrent runs append safely: each row is one ``write`` of a whole line, made under a file lock
+(``history.jsonl.lock`` beside it) and flushed to disk before the lock is released. A line torn by
+a crash is skipped when reading, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+HISTORY_FILE = "history.jsonl"
+
+log = logging.getLogger("hpmkd")
+
+
+def _paths(store_root: str | os.PathLike) -> tuple[Path, FileLock]:
+    path = Path(store_root).expanduser() / HISTORY_FILE
+    return path, FileLock(str(path.with_name(HISTORY_FILE + ".lock")))
+
+
+def append_run(store_root: str | os.PathLike, row: Mapping[str, Any]) -> None:
+    """Append ``row`` as one line of ``history.jsonl`` under ``store_root``.
+
+    The row must be plain JSON (numbers, strings, lists, dicts, None); NaN and infinity are
+    refused with a ValueError before anything is written, so the file stays standard JSON.
+    """
+    line = json.dumps(dict(row), sort_keys=True, allow_nan=False) + "\n"
+    path, lock = _paths(store_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with lock, open(path, "a+b") as f:
+        # A crash mid-write can leave a last line without its newline; start a fresh line so
+        # that only the torn row is lost, not this one too.
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_history(store_root: str | os.PathLike) -> list[dict]:
+    """All rows of ``history.jsonl`` in the order they were appended; [] when there is none."""
+    path, lock = _paths(store_root)
+    if not path.is_file():
+        return []
+    with lock:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows, skipped = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            skipped += 1
+    if skipped:
+        log.warning("%s: skipped %d unreadable line(s)", path, skipped)
+    return rows

@@ -1,0 +1,53 @@
+"""`hpmkd acm <overrides>`: what ACM sees for a setting and would choose, without training."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from rich.console import Console
+
+from hpmkd import config
+from hpmkd.data import load_data
+from hpmkd.hpm.acm import choose_config, print_report, relevant_rows
+from hpmkd.hpm.history import read_history
+from hpmkd.hpm.record import setting_features
+from hpmkd.models import count_parameters
+from hpmkd.store import ArtifactStore, content_key
+from hpmkd.strategies.context import RunContext
+from hpmkd.strategies.multi_teacher import teacher_configs
+from hpmkd.strategies.teacher import model_spec
+
+
+def show_acm(overrides: list[str], console: Console | None = None) -> None:
+    """Print the meta-features, the chosen configuration and the history rows it learned from.
+
+    The teacher's validation accuracy is read from the store when the teacher has been trained;
+    otherwise it is unknown to ACM.
+    """
+    config.setup()
+    with initialize_config_dir(str(config.config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["+strategy=hpmkd", *overrides])
+    config.validate(cfg)
+    data = load_data(cfg.data)
+    store = ArtifactStore(cfg.store.root)
+    ctx = RunContext(cfg, Path(tempfile.gettempdir()), data, store)
+    sizes = []
+    for teacher_cfg in teacher_configs(cfg):
+        artifact = store.get(content_key("model", model_spec(ctx, teacher_cfg)))
+        accuracy = artifact.meta.get("val_acc") if artifact else None
+        sizes.append((count_parameters(ctx.build(teacher_cfg)), accuracy))
+    teacher_params, teacher_acc = max(sizes, key=lambda s: s[0])
+    student_params = count_parameters(ctx.build(cfg.student))
+    phi = setting_features(data, teacher_params, student_params, teacher_acc)
+    history = read_history(store.root)
+    prediction = choose_config(
+        phi,
+        history,
+        base_lr=float(cfg.recipe.optimizer.lr),
+        base_epochs=int(cfg.recipe.epochs),
+        min_history=cfg.strategy.acm.min_history,
+        seed=cfg.seed,
+    )
+    print_report(console or Console(), phi, prediction, relevant_rows(history)[-20:])

@@ -1,0 +1,127 @@
+"""HPM-KD, all six components composed (METHODS.md section 2): ``+strategy=hpmkd``.
+
+1. Teachers (``teachers=[...]`` or the one ``teacher``) are obtained; missing ones are trained
+   concurrently (PPP).
+2. ACM reads the run history from the shared memory and picks T0, alpha, lr, epochs and the
+   chain's epsilon for this setting (documented defaults on a cold start).
+3. PDC grows the chain; every link and every candidate student distils from the AWMT ensemble
+   of all models above it, with MTS driving the temperature.
+4. SOM: every model is stored and reused, and the finished run joins the history ACM learns from.
+
+Each component has an off switch, ``strategy.components.<acm|pdc|awmt|mts|ppp|som>=false``:
+ACM off uses the configured values; PDC off distils the student straight from the teachers; AWMT
+off averages the teachers uniformly; MTS off keeps the temperature at T0; PPP off runs teachers
+and jobs one after another; SOM off gives the run a private, empty store and keeps it out of the
+history.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from rich.console import Console
+
+from hpmkd.hpm.acm import (
+    ACMConfig,
+    Prediction,
+    choose_config,
+    print_report,
+    relevant_rows,
+)
+from hpmkd.hpm.history import read_history
+from hpmkd.hpm.record import setting_features
+from hpmkd.models import count_parameters
+from hpmkd.store import ArtifactStore
+from hpmkd.strategies.context import RunContext, StrategyResult
+from hpmkd.strategies.multi_teacher import Trained, ensemble_of, obtain_teachers
+from hpmkd.strategies.progressive import build_chain, chain_result
+
+log = logging.getLogger("hpmkd")
+
+COMPONENTS = ("acm", "pdc", "awmt", "mts", "ppp", "som")
+
+
+def configured(cfg: DictConfig) -> ACMConfig:
+    """The configuration as written (what runs when ACM is off)."""
+    return ACMConfig(
+        T0=float(cfg.method.temperature),
+        alpha=float(cfg.method.alpha),
+        lr=float(cfg.recipe.optimizer.lr),
+        epochs=int(cfg.recipe.epochs),
+        epsilon=float(cfg.strategy.epsilon),
+    )
+
+
+def choose(ctx: RunContext, teachers: list[Trained]) -> tuple[ACMConfig, Prediction | None]:
+    cfg = ctx.cfg
+    if not cfg.strategy.components.acm:
+        return configured(cfg), None
+    _, teacher = max(teachers, key=lambda t: t[1].params)
+    student_params = count_parameters(ctx.build(cfg.student))
+    phi = setting_features(ctx.data, teacher.params, student_params, teacher.val_acc)
+    history = read_history(ctx.store.root)
+    prediction = choose_config(
+        phi,
+        history,
+        base_lr=float(cfg.recipe.optimizer.lr),
+        base_epochs=int(cfg.recipe.epochs),
+        min_history=cfg.strategy.acm.min_history,
+        seed=cfg.seed,
+    )
+    print_report(Console(), phi, prediction, relevant_rows(history)[-20:])
+    return prediction.config, prediction
+
+
+def applied(cfg: DictConfig, chosen: ACMConfig) -> DictConfig:
+    """The run's config with the chosen values in place (a copy)."""
+    cfg = cfg.copy()
+    components = cfg.strategy.components
+    with open_dict(cfg):
+        cfg.recipe.optimizer.lr = chosen.lr
+        cfg.recipe.epochs = chosen.epochs
+        cfg.method.temperature = chosen.T0
+        cfg.method.alpha = chosen.alpha
+        cfg.method.weighting = "attention" if components.awmt else "uniform"
+        cfg.temperature = (
+            OmegaConf.merge(cfg.strategy.mts, {"name": "mts", "t0": chosen.T0})
+            if components.mts
+            else None
+        )
+    return cfg
+
+
+def run(ctx: RunContext) -> StrategyResult:
+    components = ctx.cfg.strategy.components
+    if not components.som:
+        ctx = replace(ctx, store=ArtifactStore(ctx.out_dir / "private_store"))
+    teachers = obtain_teachers(ctx, parallel=components.ppp)
+    chosen, prediction = choose(ctx, teachers)
+    ctx = replace(ctx, cfg=applied(ctx.cfg, chosen))
+    method_cfg: dict[str, Any] = OmegaConf.to_container(ctx.cfg.method, resolve=True)  # type: ignore[assignment]
+
+    def combine(available: Any) -> Trained:
+        return ensemble_of(ctx, available, concurrent=components.ppp)
+
+    max_length = ctx.cfg.strategy.max_length if components.pdc else 0
+    chain = build_chain(
+        ctx, teachers, method_cfg, epsilon=chosen.epsilon, max_length=max_length, combine=combine
+    )
+    result = chain_result(ctx, chain, method_cfg, "HPM-KD chain", chosen.epsilon)
+    result.teacher = max(teachers, key=lambda t: t[1].params)[1]
+    result.details |= {
+        "components": {name: bool(components[name]) for name in COMPONENTS},
+        "config": chosen.as_dict(),
+        "acm": None
+        if prediction is None
+        else {
+            "source": prediction.source,
+            "predicted": prediction.predicted,
+            "n_history": prediction.n_history,
+            "reason": prediction.reason,
+        },
+        "teachers": [r.__dict__ for _, r in teachers],
+    }
+    return result

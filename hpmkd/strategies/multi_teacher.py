@@ -1,0 +1,110 @@
+"""Several teachers behind one ensemble (AWMT, METHODS.md 2.3): ``+strategy=multi_teacher``.
+
+``teachers=[...]`` lists the teachers: model names (``[resnet56, resnet32]``) or model nodes
+(``[{arch: mlp_large, seed: 1}, mlp]``) with the keys of ``teacher=``. Each is obtained like the
+single teacher (checkpoint, store or trained); teachers that must be trained are trained
+concurrently by the parallel pipeline when ``strategy.parallel`` is on. The student learns from
+their ``TeacherEnsemble`` with the ``multi_teacher`` method (``method.weighting=uniform`` is the
+plain-average baseline).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from hpmkd.data import load_data
+from hpmkd.engine.evaluate import accuracy
+from hpmkd.models.ensemble import TeacherEnsemble
+from hpmkd.models.registry import model_info
+from hpmkd.parallel import Job, run_jobs
+from hpmkd.store import ArtifactStore, content_key
+from hpmkd.strategies.context import ModelRecord, RunContext, StrategyResult
+from hpmkd.strategies.kd import distil_student
+from hpmkd.strategies.teacher import model_spec, obtain_model, teacher_identity
+
+log = logging.getLogger("hpmkd")
+
+Trained = tuple[nn.Module, ModelRecord]
+
+
+def teacher_configs(cfg: DictConfig) -> list[DictConfig]:
+    """``teachers`` as full model nodes (registry defaults filled in); ``[teacher]`` if unset."""
+    entries = cfg.get("teachers") or [cfg.teacher]
+    nodes = []
+    for entry in entries:
+        node: dict[str, Any] = {"arch": entry} if isinstance(entry, str) else dict(entry)
+        defaults = dict(model_info(node["arch"]).default_params)
+        node["params"] = defaults | dict(node.get("params") or {})
+        nodes.append(OmegaConf.create({"checkpoint": None, "seed": None} | node))
+    return nodes
+
+
+def train_model_job(config: dict[str, Any], model_cfg: dict[str, Any], role: str) -> str | None:
+    """A parallel-pipeline job: obtain (train and store) one model in a child process."""
+    cfg = OmegaConf.create(config)
+    out_dir = Path(cfg.paths.output_dir)
+    ctx = RunContext(cfg, out_dir, load_data(cfg.data), ArtifactStore(cfg.store.root))
+    _, record = obtain_model(ctx, OmegaConf.create(model_cfg), role)
+    return record.extra.get("store_key")
+
+
+def train_missing_concurrently(ctx: RunContext, configs: Sequence[DictConfig]) -> None:
+    """Train the teachers that are not stored yet at the same time (PPP); the caller then
+    finds them in the store. A failed job is logged; obtaining that teacher again in this
+    process then reports its error."""
+    missing = [
+        (k, c)
+        for k, c in enumerate(configs)
+        if not c.checkpoint and ctx.store.get(content_key("model", model_spec(ctx, c))) is None
+    ]
+    if len(missing) < 2:
+        return
+    config = OmegaConf.to_container(ctx.cfg, resolve=True)
+    jobs = [
+        Job(f"teacher{k}", train_model_job, (config, OmegaConf.to_container(c), f"teacher{k}"))
+        for k, c in missing
+    ]
+    log.info("parallel pipeline: training %d teachers at once", len(jobs))
+    for result in run_jobs(jobs):
+        if not result.ok:
+            log.warning("%s failed in the parallel pipeline: %s", result.name, result.error)
+
+
+def obtain_teachers(ctx: RunContext, *, parallel: bool) -> list[Trained]:
+    configs = teacher_configs(ctx.cfg)
+    if parallel:
+        train_missing_concurrently(ctx, configs)
+    roles = ["teacher"] if len(configs) == 1 else [f"teacher{k}" for k in range(len(configs))]
+    return [obtain_model(ctx, c, role) for c, role in zip(configs, roles, strict=True)]
+
+
+def ensemble_of(ctx: RunContext, models: Sequence[Trained], *, concurrent: bool) -> Trained:
+    """The teachers as one ``TeacherEnsemble`` and its record (identified by its members)."""
+    ensemble = TeacherEnsemble([m for m, _ in models], concurrent=concurrent)
+    data = ctx.data
+    record = ModelRecord(
+        role="ensemble",
+        arch=ensemble.model_name,
+        params=sum(r.params for _, r in models),
+        val_acc=accuracy(ensemble, data.x_val, data.y_val, ctx.transform, device=ctx.device),
+        test_acc=accuracy(ensemble, data.x_test, data.y_test, ctx.transform, device=ctx.device),
+        extra={"members": [teacher_identity(r) for _, r in models]},
+    )
+    return ensemble.eval().requires_grad_(False), record
+
+
+def run(ctx: RunContext) -> StrategyResult:
+    parallel = ctx.cfg.strategy.parallel
+    teachers = obtain_teachers(ctx, parallel=parallel)
+    teacher, record = ensemble_of(ctx, teachers, concurrent=parallel)
+    method_cfg = OmegaConf.to_container(ctx.cfg.method, resolve=True)
+    result = distil_student(ctx, teacher, method_cfg)  # type: ignore[arg-type]
+    result.teacher = record
+    result.details = {"teachers": [r.__dict__ for _, r in teachers]}
+    return result
