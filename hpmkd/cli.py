@@ -195,7 +195,7 @@ def report(args: list[str]) -> int:
     runs = collect_results(opts.dirs)
     table = summarise(runs)
     view = Table(title=f"hpmkd report: {len(runs)} runs, {len(table)} configurations")
-    for column in ("data", "student", "strategy", "method", "test acc %", "vs CE", "n"):
+    for column in ("data", "student", "strategy", "method", "variant", "test acc %", "vs CE", "n"):
         view.add_column(
             column, justify="right" if column in ("test acc %", "vs CE", "n") else "left"
         )
@@ -207,6 +207,7 @@ def report(args: list[str]) -> int:
             row.student,
             row.strategy,
             row.method,
+            row.variant,
             f"{row.test_acc_mean:.2f}{std}",
             vs_ce,
             str(row.n),

@@ -277,3 +277,20 @@ def test_print_report_on_a_cold_start():
     text = _report(phi, prediction, [])
     assert "cold_start" in text and "0 relevant runs" in text
     assert re.search(r"│ T0\s+│\s+4 │", text) and "run history: empty" in text
+
+
+def test_a_history_without_configuration_variety_keeps_the_defaults():
+    """Rows that all used one configuration teach the forest nothing about the knobs: every
+    candidate scores the same, and the choice must be the defaults, not a corner of the grid."""
+    rows = [
+        {
+            "phi": {k: float(i + 1) for k in META_FEATURES},
+            "config": {"T0": 4.0, "alpha": 0.9, "lr": 1e-3, "epochs": 30, "epsilon": 0.5},
+            "result": {"retention": 0.8 + 0.01 * i},
+        }
+        for i in range(8)
+    ]
+    phi = {k: 3.0 for k in META_FEATURES}
+    prediction = choose_config(phi, rows, base_lr=1e-3, base_epochs=30)
+    assert prediction.source == "history"
+    assert prediction.config == default_config(1e-3, 30)

@@ -50,3 +50,19 @@ def test_two_processes_writing_the_same_key_leave_one_complete_artifact(tmp_path
     assert artifact is not None
     value = torch.load(artifact.model_file, weights_only=True)["w"].item()
     assert value == artifact.meta["writer"]
+
+
+def test_gc_removes_only_what_the_filters_name(tmp_path):
+    store = ArtifactStore(tmp_path)
+    teacher = store.put_model(
+        content_key("model", {"t": 1}), {"w": torch.zeros(1)}, {"role": "teacher"}
+    )
+    link = store.put_model(content_key("model", {"l": 1}), {"w": torch.zeros(1)}, {"role": "link1"})
+    assert store.gc() == []  # no filter: nothing goes
+    assert [a.key for a in store.gc(roles=["link1"], dry_run=True)] == [link.key]
+    assert store.get(link.key) is not None  # a dry run removes nothing
+    assert [a.key for a in store.gc(roles=["link1"])] == [link.key]
+    assert store.get(link.key) is None and store.get(teacher.key) is not None
+    assert store.gc(older_than_days=1) == []  # created just now
+    assert [a.key for a in store.gc(older_than_days=0)] == [teacher.key]
+    assert store.list() == []

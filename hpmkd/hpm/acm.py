@@ -207,8 +207,9 @@ def choose_config(
 ) -> Prediction:
     """The candidate configuration with the best predicted ``target`` for this ``phi``.
 
-    Ties go to the first candidate in grid order. With fewer than ``min_history`` relevant rows
-    (at least one is always needed) the result is ``default_config`` with source "cold_start".
+    Ties go to the candidate nearest the defaults (relative distance per axis). With fewer than
+    ``min_history`` relevant rows (at least one is always needed) the result is
+    ``default_config`` with source "cold_start".
     """
     missing = [k for k in META_FEATURES if k not in phi]
     if missing:
@@ -228,7 +229,10 @@ def choose_config(
     forest.fit(np.array([x for x, _ in usable]), np.array([y for _, y in usable]))
     phi_values = [float(phi[k]) for k in META_FEATURES]
     scores = forest.predict(np.array([phi_values + list(_config_values(c)) for c in grid]))
-    best = int(np.argmax(scores))  # the first maximum, so ties keep grid order
+    # A forest that never split on a configuration key predicts the same for every candidate:
+    # ties go to the candidate nearest the documented defaults, never to a corner of the grid.
+    default = default_config(base_lr, base_epochs)
+    best = max(range(len(grid)), key=lambda i: (round(scores[i], 9), -_distance(grid[i], default)))
     return Prediction(
         config=grid[best],
         source="history",
@@ -242,6 +246,11 @@ def choose_config(
             zip(META_FEATURES + CONFIG_KEYS, map(float, forest.feature_importances_), strict=True)
         ),
     )
+
+
+def _distance(config: ACMConfig, default: ACMConfig) -> float:
+    pairs = zip(_config_values(config), _config_values(default), strict=True)
+    return sum(abs(a - b) / abs(b) if b else abs(a) for a, b in pairs)
 
 
 def _config_values(config: ACMConfig) -> tuple[float, ...]:

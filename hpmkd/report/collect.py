@@ -34,7 +34,26 @@ def _row(results: dict, path: Path) -> dict:
         "extra_params": student.get("extra_params", 0),
         "wall_time_s": results["wall_time_s"],
         "path": str(path.parent),
+        "settings": flat_settings(results.get("config") or {}),
     }
+
+
+# where a run wrote and how it logged: never what distinguishes one configuration from another
+_NOT_SETTINGS = ("seed", "resume", "tags", "paths.", "logger.", "store.", "trainer.enable_progress")
+
+
+def flat_settings(config: dict, prefix: str = "") -> dict[str, str]:
+    """The run's configuration as ``dotted.key -> value`` (values as short JSON text)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if name.startswith(_NOT_SETTINGS):
+            continue
+        if isinstance(value, dict):
+            flat |= flat_settings(value, f"{name}.")
+        else:
+            flat[name] = json.dumps(value, separators=(",", ":"))
+    return flat
 
 
 def collect_results(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:

@@ -8,15 +8,30 @@ GROUP = ["data", "recipe", "epochs", "teacher", "student", "strategy", "method"]
 METRICS = ["test_acc", "acc_best", "acc_last", "teacher_acc", "wall_time_s"]
 
 
+def variant_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per run, the settings that tell apart runs the ``GROUP`` columns alone would merge
+    (``strategy.components.acm=false``, ``student.params.hidden=[91,45]``...), as one label."""
+    keys = runs[GROUP].fillna("-").astype(str).agg("|".join, axis=1)
+    settings = runs["settings"] if "settings" in runs else pd.Series([{}] * len(runs))
+    varying: set[str] = set()
+    for _, members in settings.groupby(keys):
+        names = set().union(*members)
+        varying |= {n for n in names if len({m.get(n) for m in members}) > 1}
+    return settings.map(
+        lambda s: ", ".join(f"{n}={s[n]}" for n in sorted(varying) if n in s) or "-"
+    )
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (every column of ``GROUP``), seeds aggregated.
+    """One row per configuration (every column of ``GROUP`` plus ``variant``), seeds aggregated.
 
     ``<metric>_mean``/``<metric>_std`` (sample std, NaN for one run), ``n``, and ``vs_ce``: the
     test-accuracy difference in points to the plain (CE-only) student of the same data, recipe,
     epochs and student architecture, when such runs exist.
     """
     keys = runs[GROUP].fillna("-")
-    grouped = runs.assign(**{c: keys[c] for c in GROUP}).groupby(GROUP, sort=False)
+    runs = runs.assign(**{c: keys[c] for c in GROUP}, variant=variant_labels(runs))
+    grouped = runs.groupby([*GROUP, "variant"], sort=False)
     table = grouped[METRICS].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     table["n"] = grouped.size()
@@ -24,7 +39,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     table["extra_params"] = grouped["extra_params"].first()
     table = table.reset_index()
     same = ["data", "recipe", "epochs", "student"]
-    baseline = table[table["strategy"] == "plain"].set_index(same)["test_acc_mean"]
+    plain = table[table["strategy"] == "plain"]
+    baseline = plain.groupby(same)["test_acc_mean"].first()
     table["vs_ce"] = [
         row.test_acc_mean - baseline.get(tuple(getattr(row, c) for c in same), float("nan"))
         for row in table.itertuples()
@@ -41,18 +57,20 @@ def format_markdown(table: pd.DataFrame) -> str:
         return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
 
     lines = [
-        "| data | teacher | student | strategy | method | test acc % | val acc % (best) | "
-        "teacher acc % | vs CE (pp) | n | time s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| data | teacher | student | strategy | method | variant | ratio | test acc % | "
+        "val acc % (best) | teacher acc % | vs CE (pp) | n | time s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.itertuples():
         vs_ce = "-" if pd.isna(row.vs_ce) or row.strategy == "plain" else f"{row.vs_ce:+.2f}"
+        ratio = "-" if pd.isna(row.compression_ratio) else f"{row.compression_ratio:.1f}x"
         accuracies = " | ".join(
             pm(getattr(row, f"{m}_mean"), getattr(row, f"{m}_std"))
             for m in ("test_acc", "acc_best", "teacher_acc")
         )
         lines.append(
             f"| {row.data} | {row.teacher} | {row.student} | {row.strategy} | {row.method} | "
-            f"{accuracies} | {vs_ce} | {row.n} | {row.wall_time_s_mean:.0f} |"
+            f"{row.variant} | {ratio} | {accuracies} | {vs_ce} | {row.n} | "
+            f"{row.wall_time_s_mean:.0f} |"
         )
     return "\n".join(lines) + "\n"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# HPM-KD ablation and compression-ratio scan on an offline KEEL table (docs/hpmkd.md).
+# Teacher: MLP (256, 512, 256; dropout 0.3) trained once (60 epochs, seed 0) and passed to every
+# run as a checkpoint, so all rows share one teacher. Student: MLP (64, 32), 68x smaller on
+# letter. Tabular recipe (Adam 1e-3, cosine, batch 256) at $EPOCHS epochs, $SEEDS student seeds.
+# The runs share one store ($out/store): it holds the chain links and the run history ACM learns
+# from, so the order below matters and is part of the experiment: baselines, then four short KD
+# probes that give ACM some configuration variety, then HPM-KD and its ablations.
+#
+#   scripts/hpmkd_ablation.sh letter            # ablation
+#   SCAN=1 scripts/hpmkd_ablation.sh letter     # compression-ratio scan (KD vs PDC vs HPM-KD)
+#   then: hpmkd report outputs/hpmkd_ablation/letter --out outputs/hpmkd_ablation/letter
+set -uo pipefail
+data=${1:?usage: hpmkd_ablation.sh <letter|penbased>}
+epochs=${EPOCHS:-30}
+seeds=${SEEDS:-0,1,2}
+out=${OUT:-outputs/hpmkd_ablation/$data}
+hpmkd=${HPMKD:-hpmkd}
+teacher_dir=$out/teacher
+[ -f "$teacher_dir/student.pt" ] || $hpmkd train "data=$data" student=mlp_large recipe.epochs=60 \
+  seed=0 trainer.enable_progress_bar=false "store.root=$out/store" "hydra.run.dir=$teacher_dir"
+common=(
+  "data=$data" teacher=mlp_large "teacher.checkpoint=$teacher_dir/student.pt" student=mlp_small
+  "recipe.epochs=$epochs" trainer.enable_progress_bar=false "store.root=$out/store"
+)
+sweep() { local name=$1; shift; $hpmkd train -m "${common[@]}" "$@" "hydra.sweep.dir=$out/$name"; }
+if [ -z "${SCAN:-}" ]; then
+  sweep ce "seed=$seeds"
+  sweep kd "seed=$seeds" +strategy=kd
+  sweep takd "seed=$seeds" +strategy=takd assistant=mlp_small "assistant.params.hidden=[192,96]"
+  sweep probes seed=100 +strategy=kd method.temperature=2,8 \
+    "method.kd_weight=0.5" "method.ce_weight=0.5"
+  sweep probes_b seed=100 +strategy=kd method.temperature=2,8
+  sweep hpmkd "seed=$seeds" +strategy=hpmkd
+  for component in acm pdc awmt mts ppp som; do
+    sweep "hpmkd_no_$component" "seed=$seeds" +strategy=hpmkd "strategy.components.$component=false"
+  done
+else
+  ratios=${RATIOS:-5,10,20,50}
+  sweep scan_kd "seed=$seeds" +strategy=kd "student.target_ratio=$ratios"
+  sweep scan_pdc "seed=$seeds" +strategy=progressive "student.target_ratio=$ratios"
+  sweep scan_hpmkd "seed=$seeds" +strategy=hpmkd "student.target_ratio=$ratios"
+fi
