@@ -190,7 +190,10 @@ def report(args: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="hpmkd report", description="Summarise finished runs.")
     parser.add_argument("dirs", nargs="+", help="directories searched for results.json (any depth)")
-    parser.add_argument("--out", default=None, help="write summary.md and summary.csv here")
+    parser.add_argument(
+        "--out", default=None, help="write summary.md, summary.csv and PNG figures here"
+    )
+    parser.add_argument("--title", default=None, help="title of the figures")
     opts = parser.parse_args(args)
     runs = collect_results(opts.dirs)
     table = summarise(runs)
@@ -214,10 +217,18 @@ def report(args: list[str]) -> int:
         )
     Console().print(view)
     if opts.out:
+        from hpmkd.report.plots import plot_accuracy_bars, plot_accuracy_vs_ratio
+
         out = Path(opts.out)
         write_text_atomic(out / "summary.md", format_markdown(table))
         write_text_atomic(out / "summary.csv", table.to_csv(index=False))
-        print(f"wrote {out / 'summary.md'} and {out / 'summary.csv'}")
+        title = opts.title or ", ".join(sorted(set(table["data"])))
+        figures = [
+            plot_accuracy_bars(table, out / "accuracy.png", title),
+            plot_accuracy_vs_ratio(table, out / "accuracy_vs_ratio.png", title),
+        ]
+        written = [out / "summary.md", out / "summary.csv", *(f for f in figures if f)]
+        print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

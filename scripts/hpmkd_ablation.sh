@@ -16,6 +16,7 @@ epochs=${EPOCHS:-30}
 seeds=${SEEDS:-0,1,2}
 out=${OUT:-outputs/hpmkd_ablation/$data}
 hpmkd=${HPMKD:-hpmkd}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # small MLPs: two threads on two cores run slower
 teacher_dir=$out/teacher
 [ -f "$teacher_dir/student.pt" ] || $hpmkd train "data=$data" student=mlp_large recipe.epochs=60 \
   seed=0 trainer.enable_progress_bar=false "store.root=$out/store" "hydra.run.dir=$teacher_dir"

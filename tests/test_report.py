@@ -63,3 +63,35 @@ def test_no_results_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="no completed results.json"):
         collect_results([tmp_path])
+
+
+def test_settings_the_group_keys_miss_become_a_variant(tmp_path):
+    """Two SMSKD ablations share strategy and method: their differing switch must split them."""
+    for seed in (0, 1):
+        for reference in (True, False):
+            _write(
+                tmp_path, f"s{seed}{reference}", strategy="smskd", method="smskd", seed=seed,
+                test_acc=80.0 + seed + 5 * reference, teacher="big",
+            )  # fmt: skip
+            path = tmp_path / f"s{seed}{reference}" / "results.json"
+            results = json.loads(path.read_text())
+            results["config"] = {
+                "recipe": {"name": "smoke"}, "seed": seed,
+                "strategy": {"name": "smskd", "reference": reference},
+                "paths": {"output_dir": str(path.parent)},
+            }  # fmt: skip
+            path.write_text(json.dumps(results))
+    table = summarise(collect_results([tmp_path])).set_index("variant")
+    assert sorted(table.index) == ["strategy.reference=false", "strategy.reference=true"]
+    assert table.loc["strategy.reference=true", "test_acc_mean"] == pytest.approx(85.5)
+    assert table.loc["strategy.reference=false", "n"] == 2  # seeds and paths never split
+
+
+def test_report_writes_tables_and_figures(tmp_path, run_cli):
+    for seed in (0, 1):
+        _write(tmp_path / "runs", f"ce{seed}", strategy="plain", method="ce", seed=seed,
+               test_acc=80.0 + seed)  # fmt: skip
+    run = run_cli("report", str(tmp_path / "runs"), "--out", str(tmp_path / "report"))
+    assert run.code == 0, run.err
+    assert (tmp_path / "report" / "summary.md").read_text().count("| toy |") == 1
+    assert (tmp_path / "report" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
