@@ -185,8 +185,8 @@ def report(args: list[str]) -> int:
     from rich.table import Table
 
     from hpmkd.io import write_text_atomic
-    from hpmkd.report import collect_results, summarise
-    from hpmkd.report.tables import format_markdown
+    from hpmkd.report import collect_failures, collect_results, summarise
+    from hpmkd.report.tables import format_failures, format_markdown
 
     parser = argparse.ArgumentParser(prog="hpmkd report", description="Summarise finished runs.")
     parser.add_argument("dirs", nargs="+", help="directories searched for results.json (any depth)")
@@ -215,12 +215,22 @@ def report(args: list[str]) -> int:
             vs_ce,
             str(row.n),
         )
-    Console().print(view)
+    console = Console()
+    console.print(view)
+    failures = collect_failures(opts.dirs)
+    if failures:
+        failed = Table(title=f"failed runs: {len(failures)}")
+        for column in ("run", "strategy", "method", "seed", "error"):
+            failed.add_column(column, overflow="fold")
+        for f in failures:
+            failed.add_row(f["path"], str(f.get("strategy")), str(f.get("method")),
+                           str(f.get("seed")), str(f.get("error")))  # fmt: skip
+        console.print(failed)
     if opts.out:
         from hpmkd.report.plots import plot_accuracy_bars, plot_accuracy_vs_ratio
 
         out = Path(opts.out)
-        write_text_atomic(out / "summary.md", format_markdown(table))
+        write_text_atomic(out / "summary.md", format_markdown(table) + format_failures(failures))
         write_text_atomic(out / "summary.csv", table.to_csv(index=False))
         title = opts.title or ", ".join(sorted(set(table["data"])))
         figures = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -26,6 +27,7 @@ from hpmkd.strategies.multi_teacher import teacher_configs
 log = logging.getLogger("hpmkd")
 
 RUN_FILE = "run.json"
+FAILURE_FILE = "failure.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
@@ -95,11 +97,59 @@ def student_at_ratio(cfg: DictConfig, data: DataSplits) -> None:
         student.params = member.params
 
 
+def completed_results(out_dir: Path, key: str) -> dict | None:
+    """The results of a finished run of this very configuration in ``out_dir``, if any."""
+    results_file, run_file = out_dir / RESULTS_FILE, out_dir / RUN_FILE
+    if not (results_file.is_file() and run_file.is_file()):
+        return None
+    if json.loads(run_file.read_text()).get("config_key") != key:
+        return None
+    results = json.loads(results_file.read_text())
+    return results if results.get("status") == "completed" else None
+
+
+def record_failure(out_dir: Path, cfg: DictConfig, err: BaseException) -> None:
+    """``failure.json``: what failed and why, so reports show the run as failed."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    record = {
+        "status": "failed",
+        "error": f"{type(err).__name__}: {message}",
+        "strategy": cfg.strategy.name if cfg.get("strategy") else "plain",
+        "method": (cfg.get("method") or {}).get("name", "ce"),
+        "seed": cfg.get("seed"),
+        "overrides": _overrides(),
+        "time": time.time(),
+    }
+    write_json_atomic(out_dir / FAILURE_FILE, record)
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def run_train(cfg: DictConfig) -> dict:
+    """One run; a finished run of the same config in the same directory is not run again
+    (``skip_complete``), and a failure leaves ``failure.json`` before it propagates."""
+    out_dir = Path(cfg.paths.output_dir)
+    try:
+        return _run(cfg, out_dir)
+    except BaseException as err:
+        if not isinstance(err, KeyboardInterrupt):
+            record_failure(out_dir, cfg, err)
+        raise
+
+
+def _run(cfg: DictConfig, out_dir: Path) -> dict:
     start = time.perf_counter()
     config.validate(cfg)
-    out_dir = Path(cfg.paths.output_dir)
     key = run_key(cfg)
+    done = completed_results(out_dir, key) if cfg.get("skip_complete", True) else None
+    if done is not None:
+        log.info("complete already, not run again: %s", out_dir / RESULTS_FILE)
+        print_summary(done, out_dir / RESULTS_FILE)
+        return done
     ckpt_path = find_resume_checkpoint(cfg, out_dir, key)
     strategy = cfg.strategy.name if cfg.get("strategy") else "plain"
     data = load_data(cfg.data)
@@ -126,6 +176,7 @@ def run_train(cfg: DictConfig) -> dict:
         wall_time_s=time.perf_counter() - start,
     )
     path = write_results(out_dir, results)
+    (out_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier attempt's
     row = history_row(results, data)
     if row is not None:
         append_run(cfg.store.root, row)

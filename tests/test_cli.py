@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -154,3 +155,25 @@ def test_fixed_teacher_seed_shares_one_teacher_across_a_seed_sweep(run_cli):
         "store",
     }
     assert a["val_acc_history"] != b["val_acc_history"]
+
+
+def test_a_sweep_member_that_fails_is_recorded_and_the_rest_finish_and_rerun_skips(
+    run_cli, tmp_path
+):
+    sweep = tmp_path / "sweep"
+    args = ("train", "-m", *TINY, "recipe.epochs=1,0", f"hydra.sweep.dir={sweep}")
+    first = run_cli(*args)
+    assert first.code != 0  # Hydra reports the failed member
+    ok = sweep / "0" / "results.json"
+    assert ok.is_file() and not (sweep / "1" / "results.json").exists()
+    failure = json.loads((sweep / "1" / "failure.json").read_text())
+    assert failure["status"] == "failed" and "recipe.epochs" in failure["error"]
+    assert "recipe.epochs=0" in failure["overrides"]
+    report = run_cli("report", str(sweep), "--out", str(tmp_path / "report"))
+    assert report.code == 0 and "failed runs: 1" in report.out
+    assert "Failed runs: 1" in (tmp_path / "report" / "summary.md").read_text()
+    # a second run of the same sweep leaves the finished member alone
+    mtime = ok.stat().st_mtime_ns
+    again = run_cli(*args)
+    assert "complete already" in again.err + again.out
+    assert ok.stat().st_mtime_ns == mtime

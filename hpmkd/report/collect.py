@@ -70,3 +70,13 @@ def collect_results(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
     if not rows:
         raise UserError(f"no completed results.json under {', '.join(map(str, dirs))}")
     return pd.DataFrame(rows)
+
+
+def collect_failures(dirs: Iterable[str | os.PathLike]) -> list[dict]:
+    """Runs below ``dirs`` that failed (``failure.json``, no completed results beside it)."""
+    failures = []
+    for directory in dirs:
+        for path in sorted(Path(directory).rglob("failure.json")):
+            if not (path.parent / "results.json").is_file():
+                failures.append(json.loads(path.read_text()) | {"path": str(path.parent)})
+    return failures

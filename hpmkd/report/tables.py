@@ -74,3 +74,17 @@ def format_markdown(table: pd.DataFrame) -> str:
             f"{row.wall_time_s_mean:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def format_failures(failures: list[dict]) -> str:
+    """The failed runs as a Markdown section (empty when none failed)."""
+    if not failures:
+        return ""
+    lines = ["", f"Failed runs: {len(failures)}", "", "| run | strategy | method | seed | error |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for f in failures:
+        error = str(f.get("error", "")).replace("|", "/")
+        lines.append(
+            f"| {f['path']} | {f.get('strategy')} | {f.get('method')} | {f.get('seed')} | {error} |"
+        )
+    return "\n".join(lines) + "\n"
