@@ -227,7 +227,8 @@ def report(args: list[str]) -> int:
                            str(f.get("seed")), str(f.get("error")))  # fmt: skip
         console.print(failed)
     if opts.out:
-        from hpmkd.report.plots import plot_accuracy_bars, plot_accuracy_vs_ratio
+        from hpmkd.report.plots import plot_accuracy_bars, plot_accuracy_vs_ratio, plot_curves
+        from hpmkd.report.tables import with_group_keys
 
         out = Path(opts.out)
         write_text_atomic(out / "summary.md", format_markdown(table) + format_failures(failures))
@@ -236,6 +237,7 @@ def report(args: list[str]) -> int:
         figures = [
             plot_accuracy_bars(table, out / "accuracy.png", title),
             plot_accuracy_vs_ratio(table, out / "accuracy_vs_ratio.png", title),
+            plot_curves(with_group_keys(runs), table, out / "curves.png", title),
         ]
         written = [out / "summary.md", out / "summary.csv", *(f for f in figures if f)]
         print("wrote " + ", ".join(str(p) for p in written))

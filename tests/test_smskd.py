@@ -168,6 +168,10 @@ def test_smskd_cli_transitions_at_the_configured_epoch_and_reports_forgetting(ru
     stage_by_epoch = {int(r["epoch"]): float(r["train/stage"]) for r in rows}
     assert stage_by_epoch == {0: 1.0, 1: 1.0, 2: 2.0, 3: 2.0}
     assert all(r["train/adaref"] for r in rows if float(r["train/stage"]) == 2.0)
+    # per-epoch curves in results.json stay aligned with epochs: stage-2 terms start at epoch 2
+    adaref = results["curves"]["adaref"]
+    assert adaref[:2] == [None, None] and all(v is not None for v in adaref[2:])
+    assert len(adaref) == 4 and results["curves"]["stage"] == [1.0, 1.0, 2.0, 2.0]
 
 
 @pytest.mark.slow

@@ -40,16 +40,18 @@ class EpochHistory(Callback):
 
     def __init__(self) -> None:
         self.val_acc: list[float] = []
-        self.curves: dict[str, list[float]] = {}
+        self.curves: dict[str, list[float | None]] = {}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         values = {k: float(v) for k, v in pl_module.epoch_means().items()}  # type: ignore[operator]
         temperature = getattr(pl_module.method, "temperature", None)  # type: ignore[attr-defined]
         if temperature is not None:
             values["temperature"] = float(temperature)
+        epoch = trainer.current_epoch
         for name, value in values.items():
             curve = self.curves.setdefault(name, [])
-            del curve[trainer.current_epoch :]
+            del curve[epoch:]
+            curve.extend([None] * (epoch - len(curve)))  # a term that starts later (SMSKD stage 2)
             curve.append(value)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -76,7 +78,7 @@ class FitResult:
     test_acc_best: float | None
     test_acc5_last: float | None
     train_time_s: float
-    curves: dict[str, list[float]] = field(default_factory=dict)  # per-epoch training curves
+    curves: dict[str, list[float | None]] = field(default_factory=dict)  # per-epoch, None: absent
 
     @property
     def acc_last(self) -> float | None:

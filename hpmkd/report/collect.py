@@ -35,6 +35,10 @@ def _row(results: dict, path: Path) -> dict:
         "wall_time_s": results["wall_time_s"],
         "path": str(path.parent),
         "settings": flat_settings(results.get("config") or {}),
+        "curves": {
+            "val_acc": results.get("val_acc_history") or [],
+            **(results.get("curves") or {}),
+        },
     }
 
 

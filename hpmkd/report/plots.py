@@ -11,6 +11,10 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from hpmkd.report.tables import GROUP  # noqa: E402
+
+KEYS = [*GROUP, "variant"]
+
 
 def configuration_label(row: pd.Series) -> str:
     label = (
@@ -69,3 +73,43 @@ def plot_accuracy_vs_ratio(table: pd.DataFrame, path: Path, title: str) -> Path 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+CURVES = {
+    "val_acc": "validation accuracy %",
+    "temperature": "temperature",
+    "attention_entropy": "attention entropy (log K: uniform, 0: one teacher)",
+}
+
+
+def plot_curves(runs: pd.DataFrame, table: pd.DataFrame, path: Path, title: str) -> Path | None:
+    """Per-epoch curves, averaged over seeds, one line per configuration: validation accuracy,
+    and the temperature and attention entropy where a run logged them."""
+    present = [n for n in CURVES if any(n in c and c[n] for c in runs["curves"])]
+    if not present:
+        return None
+    labels = {tuple(r[k] for k in KEYS): configuration_label(r) for _, r in table.iterrows()}
+    fig, axes = plt.subplots(len(present), 1, figsize=(8, 3 * len(present)), squeeze=False)
+    for key, group in runs.groupby(KEYS, sort=False):
+        for ax, name in zip(axes[:, 0], present, strict=True):
+            curves = [c[name] for c in group["curves"] if c.get(name)]
+            if not curves:
+                continue
+            length = min(map(len, curves))
+            mean = [_mean([c[i] for c in curves]) for i in range(length)]
+            ax.plot(range(1, length + 1), mean, label=labels.get(key, str(key)))
+    for ax, name in zip(axes[:, 0], present, strict=True):
+        ax.set_ylabel(CURVES[name], fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("epoch")
+    axes[0, 0].set_title(title)
+    axes[0, 0].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _mean(values: list[float | None]) -> float:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else float("nan")

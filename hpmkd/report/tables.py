@@ -15,11 +15,18 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
     settings = runs["settings"] if "settings" in runs else pd.Series([{}] * len(runs))
     varying: set[str] = set()
     for _, members in settings.groupby(keys):
-        names = set().union(*members)
-        varying |= {n for n in names if len({m.get(n) for m in members}) > 1}
+        # a key some runs lack comes from a config schema change, not from a setting
+        shared = set.intersection(*(set(m) for m in members))
+        varying |= {n for n in shared if len({m[n] for m in members}) > 1}
     return settings.map(
-        lambda s: ", ".join(f"{n}={s[n]}" for n in sorted(varying) if n in s) or "-"
+        lambda s: ", ".join(f"{n}={s[n].strip(chr(34))}" for n in sorted(varying) if n in s) or "-"
     )
+
+
+def with_group_keys(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with missing group keys as "-" and the ``variant`` column added."""
+    keys = runs[GROUP].fillna("-")
+    return runs.assign(**{c: keys[c] for c in GROUP}, variant=variant_labels(runs))
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -29,8 +36,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     test-accuracy difference in points to the plain (CE-only) student of the same data, recipe,
     epochs and student architecture, when such runs exist.
     """
-    keys = runs[GROUP].fillna("-")
-    runs = runs.assign(**{c: keys[c] for c in GROUP}, variant=variant_labels(runs))
+    runs = with_group_keys(runs)
     grouped = runs.groupby([*GROUP, "variant"], sort=False)
     table = grouped[METRICS].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]

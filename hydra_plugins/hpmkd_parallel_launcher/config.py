@@ -1,7 +1,7 @@
 """The launcher's settings, registered as ``hydra/launcher=parallel``."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Hydra's plugin scan runs this module before it
+# is in sys.modules, where dataclasses cannot look up string annotations.
 from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
