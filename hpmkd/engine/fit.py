@@ -11,11 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import Logger
 
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.engine.module import DistillModule
+from hpmkd.errors import UserError
+
+# Trainer arguments that spread a fit over several processes
+DISTRIBUTED_KEYS = ("strategy", "devices", "num_nodes", "sync_batchnorm")
 
 
 def quiet_lightning() -> None:
@@ -78,6 +84,7 @@ class FitResult:
     test_acc_best: float | None
     test_acc5_last: float | None
     train_time_s: float
+    world_size: int = 1  # processes that trained (DDP ranks)
     curves: dict[str, list[float | None]] = field(default_factory=dict)  # per-epoch, None: absent
 
     @property
@@ -111,6 +118,8 @@ def make_trainer(
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """The Trainer every hpmkd run uses: last + best-validation checkpoints, rich progress."""
     kwargs = dict(trainer_kwargs)
+    if isinstance(kwargs.get("strategy"), Mapping):  # a `_target_` node: one instance per Trainer
+        kwargs["strategy"] = instantiate(kwargs["strategy"])
     show_progress = kwargs.pop("enable_progress_bar", True)
     checkpoint = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
@@ -136,6 +145,27 @@ def make_trainer(
     return trainer, checkpoint
 
 
+def one_device(trainer_kwargs: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """``trainer_kwargs`` for a single process on ``device``."""
+    kwargs = {k: v for k, v in trainer_kwargs.items() if k not in DISTRIBUTED_KEYS}
+    devices = 1 if device.index is None else [device.index]
+    return kwargs | {"accelerator": device.type, "devices": devices}
+
+
+def per_rank(datamodule: SplitsDataModule, world_size: int) -> SplitsDataModule:
+    """``recipe.batch_size`` is the global batch: each of ``world_size`` ranks loads its share, so a
+    run takes the same optimiser steps with the same learning rate on any number of devices."""
+    if world_size == 1:
+        return datamodule
+    if datamodule.batch_size % world_size:
+        raise UserError(
+            f"recipe.batch_size={datamodule.batch_size} does not split over {world_size} "
+            f"processes; use a multiple of {world_size}"
+        )
+    batch_size = datamodule.batch_size // world_size
+    return SplitsDataModule(datamodule.splits, batch_size, datamodule.eval_batch_size)
+
+
 def fit(
     module: DistillModule,
     datamodule: SplitsDataModule,
@@ -159,16 +189,27 @@ def fit(
         callbacks=[history, *callbacks],
     )
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=per_rank(datamodule, trainer.world_size), ckpt_path=ckpt_path)
     train_time = time.perf_counter() - start
     # testing the best checkpoint restores callback states too: keep the full history first
     val_history, curves = list(history.val_acc), dict(history.curves)
+    # After DDP, one process tests on its own device: every test sample counts exactly once (the
+    # DistributedSampler would pad), and the weights of the best epoch end up in this process.
+    tester = trainer
+    if trainer.world_size > 1:
+        device_kwargs = one_device(trainer_kwargs, trainer.strategy.root_device)
+        tester = L.Trainer(
+            **device_kwargs | {"enable_progress_bar": False},
+            logger=False,
+            enable_checkpointing=False,
+            default_root_dir=out_dir,
+        )
 
     def test(ckpt: str | None) -> Mapping[str, float]:
-        return trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+        return tester.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
 
     last = test(None)
-    best = test("best") if has_val and checkpoint.best_model_path else None
+    best = test(checkpoint.best_model_path) if has_val and checkpoint.best_model_path else None
     top5 = last.get("test/acc_top5")
     return FitResult(
         epochs=trainer.current_epoch,
@@ -177,6 +218,7 @@ def fit(
         test_acc_best=100.0 * best["test/acc"] if best else None,
         test_acc5_last=100.0 * top5 if top5 is not None else None,
         train_time_s=train_time,
+        world_size=trainer.world_size,
         curves=curves,
     )
 
@@ -193,4 +235,4 @@ def fit_init_stage(
     trainer, _ = make_trainer(
         out_dir=out_dir, epochs=epochs, trainer_kwargs=trainer_kwargs, has_val=False
     )
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=per_rank(datamodule, trainer.world_size))

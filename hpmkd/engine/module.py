@@ -26,12 +26,14 @@ class FrozenTeacher:
 
     Not registered as a child, so it is never in the optimiser, never saved in the student's
     checkpoint and never switched back to train mode by ``module.train()``: BatchNorm keeps its
-    running statistics and dropout stays off.
+    running statistics and dropout stays off. Its feature hooks exist from the first call until
+    ``release()``.
     """
 
     def __init__(self, model: nn.Module, features: tuple[str, ...] = ()) -> None:
         self.model = model.eval().requires_grad_(False)
-        self.tap = FeatureTap(model, features)
+        self.features = features
+        self.tap: FeatureTap | None = None
 
     def to(self, device: torch.device) -> FrozenTeacher:
         self.model.to(device)
@@ -39,8 +41,16 @@ class FrozenTeacher:
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> ModelOutputs:
+        if self.tap is None:
+            self.tap = FeatureTap(self.model, self.features)
         logits = self.model(x)
         return ModelOutputs(logits, dict(self.tap.features))
+
+    def release(self) -> None:
+        """Remove the feature hooks (the model may be trained or pickled later)."""
+        if self.tap is not None:
+            self.tap.remove()
+            self.tap = None
 
 
 class DistillModule(L.LightningModule):
@@ -48,6 +58,10 @@ class DistillModule(L.LightningModule):
 
     With ``init_stage`` the step uses the method's initialisation losses and optimises only
     ``method.init_parameters`` (the connector warm-up of AB, FT and FSP).
+
+    Feature hooks are added at the first step and removed when a trainer is done with the module:
+    hooks are closures, which spawned DDP workers could not unpickle, and a trained student may
+    become the teacher of a later fit.
     """
 
     def __init__(
@@ -72,15 +86,26 @@ class DistillModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.init_stage = init_stage
         self.teacher = FrozenTeacher(teacher, method.teacher_features) if teacher else None
-        self.student_tap = FeatureTap(student, method.student_features)
+        self.student_tap: FeatureTap | None = None
         self._epoch_sums: dict[str, Tensor] = {}
         self._loss_terms: set[str] = set()
         self._epoch_samples = 0
         top5 = num_classes > 10
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
-        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if top5 else None
+        sync = {"distributed_available_fn": self._several_ranks}
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", **sync)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", **sync)
+        self.val_acc5 = (
+            MulticlassAccuracy(num_classes, top_k=5, average="micro", **sync) if top5 else None
+        )
+        self.test_acc5 = (
+            MulticlassAccuracy(num_classes, top_k=5, average="micro", **sync) if top5 else None
+        )
+
+    def _several_ranks(self) -> bool:
+        """Whether the attached trainer runs several processes: then metric states and epoch sums
+        are gathered over them. Checked per trainer, not by torch.distributed being initialised:
+        a one-device fit on one rank of a torchrun job must not wait for the other ranks."""
+        return self._trainer is not None and self._trainer.world_size > 1
 
     def on_fit_start(self) -> None:
         # the strategy has moved the module to its device by now (it has not yet in `setup`)
@@ -91,7 +116,16 @@ class DistillModule(L.LightningModule):
         self.method.epoch = self.current_epoch
         self.method.on_epoch_start(self.student)
 
+    def teardown(self, stage: str) -> None:
+        if self.student_tap is not None:
+            self.student_tap.remove()
+            self.student_tap = None
+        if self.teacher is not None:
+            self.teacher.release()
+
     def student_outputs(self, x: Tensor) -> ModelOutputs:
+        if self.student_tap is None:
+            self.student_tap = FeatureTap(self.student, self.method.student_features)
         logits = self.student(x)
         return ModelOutputs(logits, dict(self.student_tap.features))
 
@@ -114,10 +148,16 @@ class DistillModule(L.LightningModule):
         self._epoch_samples += batch_size
 
     def epoch_means(self) -> dict[str, Tensor]:
-        """Sample-weighted means of this epoch's loss terms and metrics so far."""
+        """Sample-weighted means of this epoch's loss terms and metrics so far (over all ranks:
+        schedules that read them, like MTS, must choose the same on every rank)."""
         if not self._epoch_samples:
             return {}
-        return {term: total / self._epoch_samples for term, total in self._epoch_sums.items()}
+        terms = list(self._epoch_sums)
+        count = torch.tensor(float(self._epoch_samples), device=self.device)
+        totals = torch.stack([*(self._epoch_sums[term].float() for term in terms), count])
+        if self._several_ranks():
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        return {term: totals[k] / totals[-1] for k, term in enumerate(terms)}
 
     def epoch_loss_terms(self) -> dict[str, float]:
         """This epoch's mean of each named loss term of the method (no total, no metrics)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +20,15 @@ from torch import nn
 from hpmkd.data.augment import BatchTransform
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
-from hpmkd.engine.fit import FitResult, fit, fit_init_stage
+from hpmkd.engine.ddp import is_global_zero, launched_rank
+from hpmkd.engine.fit import FitResult, fit, fit_init_stage, one_device
 from hpmkd.engine.module import DistillModule
 from hpmkd.errors import UserError
 from hpmkd.hpm.temperature import schedule_from_config
 from hpmkd.io import write_atomic
 from hpmkd.methods import DistillMethod, MethodSetup, build_method
 from hpmkd.models import FeatureTap, build_model, count_parameters
+from hpmkd.parallel import DEVICE_ENV
 from hpmkd.store import ArtifactStore
 
 log = logging.getLogger("hpmkd")
@@ -90,6 +93,25 @@ class RunContext:
         recipe = self.cfg.recipe
         return SplitsDataModule(self.data, recipe.batch_size, recipe.eval_batch_size)
 
+    def trainer_kwargs(self, *, nested: bool) -> dict[str, Any]:
+        """The run's trainer settings, on one device where a fit must not use DDP.
+
+        A parallel-pipeline job owns one device. When a launcher (torchrun, srun) started the
+        ranks, every rank runs the whole run and a model it needs first (``nested``) is trained
+        under the store lock: the rank holding the lock trains it alone on its own device while
+        the others wait, then reuse it from the store.
+        """
+        kwargs: dict[str, Any] = OmegaConf.to_container(self.cfg.trainer, resolve=True)  # type: ignore[assignment]
+        if slot := os.environ.get(DEVICE_ENV):
+            return one_device(kwargs, torch.device(slot))
+        rank = launched_rank() if nested else None
+        if rank is None:
+            return kwargs
+        device = self.device
+        if device.type == "cuda":
+            device = torch.device("cuda", rank.local_rank())
+        return one_device(kwargs, device)
+
     def loggers(self, out_dir: Path | None = None) -> list[Logger]:
         """The configured loggers for the run itself; a plain CSV logger for nested fits."""
         if out_dir is not None:
@@ -110,7 +132,7 @@ class RunContext:
         """Fit ``model`` with ``method`` (and ``teacher``) under the run's recipe and trainer."""
         prepare_method(self, model, method, teacher)
         recipe = self.cfg.recipe
-        trainer_kwargs = OmegaConf.to_container(self.cfg.trainer, resolve=True)
+        trainer_kwargs = self.trainer_kwargs(nested=nested)
 
         def module(init_stage: bool) -> DistillModule:
             scheduler = recipe.scheduler if recipe.scheduler and not init_stage else None
@@ -132,7 +154,7 @@ class RunContext:
                 self.datamodule(),
                 out_dir=out_dir / "init_stage",
                 epochs=method.init_epochs,
-                trainer_kwargs=trainer_kwargs,  # type: ignore[arg-type]
+                trainer_kwargs=trainer_kwargs,
             )
         schedule = schedule_from_config(self.cfg.get("temperature"), recipe.epochs)
         if schedule is not None and hasattr(method, "temperature"):
@@ -142,12 +164,13 @@ class RunContext:
             self.datamodule(),
             out_dir=out_dir,
             epochs=recipe.epochs,
-            trainer_kwargs=trainer_kwargs,  # type: ignore[arg-type]
+            trainer_kwargs=trainer_kwargs,
             loggers=self.loggers(out_dir if nested else None),
             ckpt_path=ckpt_path,
             callbacks=callbacks,
         )
-        if not nested:  # the deployable student: its own weights only, no method connectors
+        # the deployable student: its own weights only, no method connectors
+        if not nested and is_global_zero():
             write_atomic(out_dir / STUDENT_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
         return result
 

@@ -105,10 +105,14 @@ class ForgettingRate(Callback):
         self.rates = forgetting_rates(self.correct)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"correct": [c.clone() for c in self.correct]}
+        return {"correct": [c.clone() for c in self.correct], "rates": list(self.rates)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.correct = list(state_dict["correct"])
+        # Checkpoints are taken before the rates exist; only the state that spawned DDP workers
+        # hand back at the end of their fit carries them.
+        if state_dict.get("rates"):
+            self.rates = list(state_dict["rates"])
 
 
 def run(ctx: RunContext) -> StrategyResult:

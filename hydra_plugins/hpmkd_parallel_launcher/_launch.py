@@ -16,7 +16,7 @@ from hydra.core.utils import (
     filter_overrides,
     setup_globals,
 )
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import ListConfig, OmegaConf, open_dict
 
 from hpmkd.errors import UserError
 from hpmkd.parallel import Job, JobResult, run_jobs
@@ -41,8 +41,8 @@ def launch(
     returns: dict[int, JobReturn] = {}
     jobs: list[Job] = []
     members: list[tuple[int, list[str]]] = []
-    for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-        overrides = list(overrides)
+    for idx, given in enumerate(job_overrides, start=initial_job_idx):
+        overrides = list(given)
         log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
         member = context.config_loader.load_sweep_config(config, overrides)
         with open_dict(member):
@@ -52,7 +52,7 @@ def launch(
         if not _one_device(devices):
             message = (
                 f"trainer.devices={devices}: hydra/launcher=parallel gives each member one device;"
-                " run multi-device members with the basic launcher or on SLURM"
+                " multi-device runs need hydra/launcher=hpmkd_slurm or a single run"
             )
             log.error("#%d not run: %s", idx, message)
             returns[idx] = _failed(overrides, UserError(message))
@@ -95,7 +95,9 @@ def _failed(overrides: list[str], err: Exception) -> JobReturn:
 def _log_done(result: JobResult) -> None:
     where = result.device or f"cpu worker {result.worker}"
     if not result.ok:
-        log.error("%s failed after %.0f s on %s: %s", result.name, result.seconds, where, result.error)
+        log.error(
+            "%s failed after %.0f s on %s: %s", result.name, result.seconds, where, result.error
+        )
         return
     outcome = "done" if result.value.status is JobStatus.COMPLETED else "failed"
     log.info("%s %s after %.0f s on %s", result.name, outcome, result.seconds, where)
