@@ -186,7 +186,7 @@ def report(args: list[str]) -> int:
 
     from hpmkd.io import write_text_atomic
     from hpmkd.report import collect_failures, collect_results, summarise
-    from hpmkd.report.tables import format_failures, format_markdown
+    from hpmkd.report.tables import format_failures, format_latex, format_markdown
 
     parser = argparse.ArgumentParser(prog="hpmkd report", description="Summarise finished runs.")
     parser.add_argument("dirs", nargs="+", help="directories searched for results.json (any depth)")
@@ -233,13 +233,15 @@ def report(args: list[str]) -> int:
         out = Path(opts.out)
         write_text_atomic(out / "summary.md", format_markdown(table) + format_failures(failures))
         write_text_atomic(out / "summary.csv", table.to_csv(index=False))
+        write_text_atomic(out / "summary.tex", format_latex(table))
         title = opts.title or ", ".join(sorted(set(table["data"])))
         figures = [
             plot_accuracy_bars(table, out / "accuracy.png", title),
             plot_accuracy_vs_ratio(table, out / "accuracy_vs_ratio.png", title),
             plot_curves(with_group_keys(runs), table, out / "curves.png", title),
         ]
-        written = [out / "summary.md", out / "summary.csv", *(f for f in figures if f)]
+        tables = [out / f"summary.{ext}" for ext in ("md", "csv", "tex")]
+        written = [*tables, *(f for f in figures if f)]
         print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

@@ -95,3 +95,5 @@ def test_report_writes_tables_and_figures(tmp_path, run_cli):
     assert run.code == 0, run.err
     assert (tmp_path / "report" / "summary.md").read_text().count("| toy |") == 1
     assert (tmp_path / "report" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    latex = (tmp_path / "report" / "summary.tex").read_text()
+    assert "\\toprule" in latex and "80.50 $\\pm$ 0.71" in latex and "mlp\\_small" in latex

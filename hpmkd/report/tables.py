@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 GROUP = ["data", "recipe", "epochs", "teacher", "student", "strategy", "method"]
-METRICS = ["test_acc", "acc_best", "acc_last", "teacher_acc", "wall_time_s"]
+METRICS = ["test_acc", "acc_best", "acc_last", "teacher_acc", "retention", "wall_time_s"]
 
 
 def variant_labels(runs: pd.DataFrame) -> pd.Series:
@@ -93,4 +93,31 @@ def format_failures(failures: list[dict]) -> str:
         lines.append(
             f"| {f['path']} | {f.get('strategy')} | {f.get('method')} | {f.get('seed')} | {error} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def format_latex(table: pd.DataFrame) -> str:
+    """A booktabs table for a paper: one row per configuration, mean ± std (n) over seeds."""
+
+    def tex(text: object) -> str:
+        return str(text).replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
+
+    def pm(mean: float, std: float) -> str:
+        if pd.isna(mean):
+            return "--"
+        return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} $\\pm$ {std:.2f}"
+
+    header = (
+        "data & teacher & student & strategy & method & variant & ratio & test acc (\\%) & "
+        "retention (\\%) & $n$ \\\\"
+    )
+    lines = ["\\begin{tabular}{lllllllrrr}", "\\toprule", header, "\\midrule"]
+    for row in table.itertuples():
+        ratio = "--" if pd.isna(row.compression_ratio) else f"{row.compression_ratio:.1f}$\\times$"
+        retention = pm(100 * row.retention_mean, 100 * row.retention_std)
+        cells = [tex(c) for c in (row.data, row.teacher, row.student, row.strategy, row.method,
+                                  row.variant)]  # fmt: skip
+        cells += [ratio, pm(row.test_acc_mean, row.test_acc_std), retention, str(row.n)]
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
