@@ -37,6 +37,10 @@ def quiet_lightning() -> None:
     )
     # Lightning's own use of a deprecated torch pytree API, nothing a user can act on
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+    # DDP: the module all-reduces its epoch means itself before logging them
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
+    # DDP: the one-device test after the fit loads weights only, no callback states
+    warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
 
 
 class EpochHistory(Callback):

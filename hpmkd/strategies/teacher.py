@@ -75,6 +75,9 @@ def obtain_model(
         if teacher is not None:
             spec["distilled_from"] = teacher_identity(teacher[1])
             spec["method"] = method_cfg
+            schedule = ctx.cfg.get("temperature")
+            if schedule:  # a temperature schedule changes what the distilled model learns
+                spec["temperature_schedule"] = OmegaConf.to_container(schedule, resolve=True)
         key = content_key("model", spec)
         with ctx.store.lock(key):
             artifact = ctx.store.get(key)
