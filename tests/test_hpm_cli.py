@@ -106,3 +106,13 @@ def test_acm_command_shows_features_choice_and_history(run_cli, shared_store):
     assert "5 relevant runs in the history: random-forest argmax" in " ".join(run.out.split())
     cold = run_cli("acm", f"store.root={shared_store}", "strategy.acm.min_history=6")
     assert "fewer than 6: documented defaults" in " ".join(cold.out.split())
+
+
+def test_a_temperature_schedule_is_part_of_a_stored_models_identity(run_cli, shared_store):
+    """The chain's models are reused from the store only when everything that shaped them is
+    the same: the same chain under a temperature schedule is trained anew, then reused."""
+    args = ("+strategy=progressive", "strategy.max_length=1", "temperature=linear")
+    first = _train(run_cli, shared_store, *args)
+    assert "student_direct mlp_small: not in the store" in first.err + first.out
+    again = _train(run_cli, shared_store, *args)
+    assert "student_direct mlp_small: reused from the store" in again.err + again.out

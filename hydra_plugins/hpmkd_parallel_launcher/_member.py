@@ -8,16 +8,16 @@ from hydra.core.utils import JobReturn, JobRuntime, JobStatus, run_job, setup_gl
 from hydra.types import HydraContext
 from omegaconf import DictConfig
 
+from hpmkd.config import register_resolvers
+from hpmkd.engine.fit import quiet_lightning
+from hpmkd.errors import UserError
+from hpmkd.train import run_train
+
 log = logging.getLogger(__name__)
 
 
 def run_member(config: DictConfig, context: HydraContext, task_name: str) -> JobReturn:
     """What Hydra's basic launcher does for one member, in this fresh process."""
-    from hpmkd.config import register_resolvers
-    from hpmkd.engine.fit import quiet_lightning
-    from hpmkd.errors import UserError
-    from hpmkd.train import run_train
-
     # a spawned process starts without the resolvers and the job name the parent set up
     setup_globals()
     register_resolvers()
