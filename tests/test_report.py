@@ -19,6 +19,7 @@ def _write(root, name, *, strategy, method, seed, test_acc, teacher=None):
         "student": {"arch": "mlp_small", "params": 100, "extra_params": 0},
         "teacher": {"arch": teacher, "params": 1000} if teacher else None,
         "test_acc": test_acc,
+        "test_acc_last": test_acc - 0.5,
         "acc_best": test_acc + 1,
         "acc_last": test_acc,
         "teacher_acc": 90.0 if teacher else None,

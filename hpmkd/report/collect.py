@@ -25,6 +25,7 @@ def _row(results: dict, path: Path) -> dict:
         "epochs": results["epochs"],
         "seed": results["seed"],
         "test_acc": results["test_acc"],
+        "test_acc_last": results.get("test_acc_last"),
         "acc_best": results["acc_best"],
         "acc_last": results["acc_last"],
         "teacher_acc": results.get("teacher_acc"),
@@ -33,6 +34,7 @@ def _row(results: dict, path: Path) -> dict:
         "student_params": student["params"],
         "extra_params": student.get("extra_params", 0),
         "wall_time_s": results["wall_time_s"],
+        "forgetting_pct": _mean((results.get("details") or {}).get("forgetting_pct")),
         "path": str(path.parent),
         "settings": flat_settings(results.get("config") or {}),
         "curves": {
@@ -58,6 +60,10 @@ def flat_settings(config: dict, prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = json.dumps(value, separators=(",", ":"))
     return flat
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def collect_results(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:

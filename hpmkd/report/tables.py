@@ -5,7 +5,10 @@ from __future__ import annotations
 import pandas as pd
 
 GROUP = ["data", "recipe", "epochs", "teacher", "student", "strategy", "method"]
-METRICS = ["test_acc", "acc_best", "acc_last", "teacher_acc", "retention", "wall_time_s"]
+METRICS = [
+    "test_acc", "test_acc_last", "acc_best", "acc_last", "teacher_acc", "retention",
+    "forgetting_pct", "wall_time_s",
+]  # fmt: skip
 
 
 def variant_labels(runs: pd.DataFrame) -> pd.Series:
@@ -64,15 +67,15 @@ def format_markdown(table: pd.DataFrame) -> str:
 
     lines = [
         "| data | teacher | student | strategy | method | variant | ratio | test acc % | "
-        "val acc % (best) | teacher acc % | vs CE (pp) | n | time s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "test acc % (last epoch) | val acc % (best) | teacher acc % | vs CE (pp) | n | time s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.itertuples():
         vs_ce = "-" if pd.isna(row.vs_ce) or row.strategy == "plain" else f"{row.vs_ce:+.2f}"
         ratio = "-" if pd.isna(row.compression_ratio) else f"{row.compression_ratio:.1f}x"
         accuracies = " | ".join(
             pm(getattr(row, f"{m}_mean"), getattr(row, f"{m}_std"))
-            for m in ("test_acc", "acc_best", "teacher_acc")
+            for m in ("test_acc", "test_acc_last", "acc_best", "teacher_acc")
         )
         lines.append(
             f"| {row.data} | {row.teacher} | {row.student} | {row.strategy} | {row.method} | "
