@@ -37,7 +37,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
     ``<metric>_mean``/``<metric>_std`` (sample std, NaN for one run), ``n``, and ``vs_ce``: the
     test-accuracy difference in points to the plain (CE-only) student of the same data, recipe,
-    epochs and student architecture, when such runs exist.
+    epochs and student architecture and size, when such runs exist.
     """
     runs = with_group_keys(runs)
     grouped = runs.groupby([*GROUP, "variant"], sort=False)
@@ -45,9 +45,10 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     table["n"] = grouped.size()
     table["compression_ratio"] = grouped["compression_ratio"].first()
+    table["student_params"] = grouped["student_params"].first()
     table["extra_params"] = grouped["extra_params"].first()
     table = table.reset_index()
-    same = ["data", "recipe", "epochs", "student"]
+    same = ["data", "recipe", "epochs", "student", "student_params"]
     plain = table[table["strategy"] == "plain"]
     baseline = plain.groupby(same)["test_acc_mean"].first()
     table["vs_ce"] = [
