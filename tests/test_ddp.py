@@ -6,7 +6,10 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -151,18 +154,23 @@ def test_module_pickles_for_spawned_workers_before_and_after_steps():
 
 
 class RankProbe(Callback):
-    """Saved by every rank at the end of its fit: rank, world size, the student's weights, and
-    the sample indices and batch sizes of its first epoch. Pickled into the spawned workers."""
+    """Saved by every rank at the end of its fit: world size, the student's weights, the sample
+    indices of its first epoch's batches and the epoch means of the loss. Pickled into the
+    spawned workers."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.indices: list[torch.Tensor] = []
+        self.losses: list[float] = []
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         if trainer.current_epoch == 0:
             self.indices.append(batch[2].cpu())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.losses.append(float(pl_module.epoch_means()["loss"]))  # type: ignore[operator]
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         student = pl_module.student  # type: ignore[attr-defined]
@@ -171,6 +179,7 @@ class RankProbe(Callback):
                 "world_size": trainer.world_size,
                 "student": {k: v.detach().cpu() for k, v in student.state_dict().items()},
                 "indices": self.indices,
+                "losses": self.losses,
             },
             self.directory / f"rank{trainer.global_rank}.pt",
         )
@@ -209,6 +218,7 @@ def _check_ranks_agree(directory: Path, num_train: int) -> dict:
     assert r0["student"].keys() == r1["student"].keys()
     for key, value in r0["student"].items():
         assert torch.equal(value, r1["student"][key]), key
+    assert r0["losses"] == r1["losses"] and len(r0["losses"]) == 3  # means over both ranks
     seen0, seen1 = torch.cat(r0["indices"]), torch.cat(r1["indices"])
     assert {len(b) for b in r0["indices"][:-1]} == {64}  # recipe.batch_size=128 over 2 ranks
     assert len(seen0) == len(seen1) == (num_train + 1) // 2  # the sampler pads to equal shares
@@ -285,3 +295,24 @@ def test_multirun_members_spawn_their_own_ranks(run_cli, alone):
     for member in ("0", "1"):
         assert (sweep / member / "results.json").is_file()
         assert (sweep / member / "student.pt").is_file()
+
+
+@pytest.mark.slow
+def test_ranks_started_by_torchrun_share_one_run(tmp_path):
+    """torchrun starts both ranks, which run the whole run: the one holding the store lock trains
+    the teacher alone on its device while the other waits and reuses it; then both train the
+    student together."""
+    env = {k: v for k, v in os.environ.items() if k not in (*LAUNCHER_ENV, "MASTER_PORT")}
+    env |= {"HPMKD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "kd"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    command = [*launch, "-m", "hpmkd.cli", "train", "+strategy=kd", *DDP_CPU]
+    done = subprocess.run(
+        [*command, f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["test_acc"] > 50 and len(results["val_acc_history"]) == 3
+    assert results["teacher"]["fit"]["world_size"] == 1
+    assert len(list((tmp_path / "cache" / "store" / "objects").glob("*/*"))) == 1  # trained once
+    assert (run_dir / "student.pt").is_file()

@@ -16,21 +16,36 @@ from hpmkd.report.tables import GROUP  # noqa: E402
 KEYS = [*GROUP, "variant"]
 
 
-def configuration_label(row: pd.Series) -> str:
-    label = (
-        row["strategy"]
-        if row["strategy"] == row["method"]
-        else f"{row['strategy']}/{row['method']}"
-    )
-    if row["variant"] != "-":
-        label += f" [{row['variant']}]"
-    return label
+def configuration_labels(table: pd.DataFrame) -> list[str]:
+    """Short labels: strategy/method plus only the settings where a row differs from most rows
+    (``acm=false`` rather than six ``strategy.components.*`` values)."""
+    pairs = [_pairs(v) for v in table["variant"]]
+    common = {}
+    for key in {k for p in pairs for k in p}:
+        values = [p[key] for p in pairs if key in p]
+        common[key] = max(set(values), key=values.count)
+    labels = []
+    for (_, row), settings in zip(table.iterrows(), pairs, strict=True):
+        name = (
+            row["strategy"]
+            if row["strategy"] == row["method"]
+            else f"{row['strategy']}/{row['method']}"
+        )
+        odd = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in settings.items() if v != common[k]]
+        labels.append(f"{name} [{', '.join(odd)}]" if odd else name)
+    return labels
+
+
+def _pairs(variant: str) -> dict[str, str]:
+    if variant == "-":
+        return {}
+    return dict(item.split("=", 1) for item in variant.split(", "))
 
 
 def plot_accuracy_bars(table: pd.DataFrame, path: Path, title: str) -> Path:
     """Test accuracy (mean, error bar = sample std over seeds) per configuration."""
     rows = table.sort_values("test_acc_mean")
-    labels = [configuration_label(r) for _, r in rows.iterrows()]
+    labels = configuration_labels(rows)
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
     ax.barh(labels, rows["test_acc_mean"], xerr=rows["test_acc_std"].fillna(0), color="tab:blue")
     low = (rows["test_acc_mean"] - rows["test_acc_std"].fillna(0)).min()
@@ -88,7 +103,8 @@ def plot_curves(runs: pd.DataFrame, table: pd.DataFrame, path: Path, title: str)
     present = [n for n in CURVES if any(n in c and c[n] for c in runs["curves"])]
     if not present:
         return None
-    labels = {tuple(r[k] for k in KEYS): configuration_label(r) for _, r in table.iterrows()}
+    keys = [tuple(r[k] for k in KEYS) for _, r in table.iterrows()]
+    labels = dict(zip(keys, configuration_labels(table), strict=True))
     fig, axes = plt.subplots(len(present), 1, figsize=(8, 3 * len(present)), squeeze=False)
     for key, group in runs.groupby(KEYS, sort=False):
         for ax, name in zip(axes[:, 0], present, strict=True):
