@@ -47,6 +47,7 @@ def build_results(
         "details": result.details,
         "compression_ratio": ratio,
         "epochs": fit.epochs,
+        "world_size": fit.world_size,
         "acc_last": fit.acc_last,
         "acc_best": fit.acc_best,
         "best_epoch": fit.best_epoch,

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from hpmkd import config
 from hpmkd.data import load_data
 from hpmkd.data.splits import DataSplits
+from hpmkd.engine.ddp import is_global_zero
 from hpmkd.errors import UserError
 from hpmkd.hpm.history import append_run
 from hpmkd.hpm.record import history_row
@@ -175,6 +176,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict:
         seed=cfg.seed,
         wall_time_s=time.perf_counter() - start,
     )
+    if not is_global_zero():  # ranks started by torchrun/srun: rank 0 writes for all of them
+        return results
     path = write_results(out_dir, results)
     (out_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier attempt's
     row = history_row(results, data)

@@ -316,3 +316,6 @@ def test_ranks_started_by_torchrun_share_one_run(tmp_path):
     assert results["teacher"]["fit"]["world_size"] == 1
     assert len(list((tmp_path / "cache" / "store" / "objects").glob("*/*"))) == 1  # trained once
     assert (run_dir / "student.pt").is_file()
+    assert results["world_size"] == 2
+    # rank 0 writes for both: one history row, one results file
+    assert len((tmp_path / "cache" / "store" / "history.jsonl").read_text().splitlines()) == 1

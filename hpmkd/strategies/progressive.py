@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from torch import nn
 
+from hpmkd.engine.ddp import is_global_zero
 from hpmkd.engine.fit import FitResult
 from hpmkd.errors import UserError
 from hpmkd.hpm.chain import ChainRow, chain_table, next_member, save_chain
@@ -130,10 +131,10 @@ def chain_result(
 ) -> StrategyResult:
     """The run's result from a built chain: the best student, written as the run's student."""
     model, record = chain.student
-    write_atomic(ctx.out_dir / STUDENT_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
-    Console().print(chain_table(chain.rows, title, epsilon))
-    path = save_chain(chain.rows, ctx.out_dir)
-    log.info("chain table: %s", path)
+    if is_global_zero():
+        write_atomic(ctx.out_dir / STUDENT_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
+        Console().print(chain_table(chain.rows, title, epsilon))
+        log.info("chain table: %s", save_chain(chain.rows, ctx.out_dir))
     if record.fit is None:
         raise RuntimeError(f"stored student {record.extra} has no training record")
     extra = {"chosen": record.role}
