@@ -8,8 +8,9 @@
 # probes that give ACM some configuration variety, then HPM-KD and its ablations.
 #
 #   scripts/hpmkd_ablation.sh letter            # ablation
-#   SCAN=1 scripts/hpmkd_ablation.sh letter     # compression-ratio scan (KD vs PDC vs HPM-KD)
-#   then: hpmkd report outputs/hpmkd_ablation/letter --out outputs/hpmkd_ablation/letter
+#   SCAN=1 SEEDS=0,1 scripts/hpmkd_ablation.sh letter   # compression-ratio scan: CE, KD, PDC, HPM-KD
+# then, in outputs/hpmkd_ablation/letter (docs/hpmkd.md has the exact report commands):
+#   hpmkd report ce kd takd hpmkd hpmkd_no_* --out <dir>;  hpmkd report scan_* --out <dir>
 set -uo pipefail
 data=${1:?usage: hpmkd_ablation.sh <letter|penbased>}
 epochs=${EPOCHS:-30}
@@ -38,6 +39,7 @@ if [ -z "${SCAN:-}" ]; then
   done
 else
   ratios=${RATIOS:-5,10,20,50}
+  sweep scan_ce "seed=$seeds" "student.target_ratio=$ratios"
   sweep scan_kd "seed=$seeds" +strategy=kd "student.target_ratio=$ratios"
   sweep scan_pdc "seed=$seeds" +strategy=progressive "student.target_ratio=$ratios"
   sweep scan_hpmkd "seed=$seeds" +strategy=hpmkd "student.target_ratio=$ratios"
