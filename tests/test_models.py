@@ -177,8 +177,8 @@ def test_built_model_knows_its_name() -> None:
 
 
 def test_unknown_model_lists_valid_names() -> None:
-    with pytest.raises(UserError, match=r"unknown model 'resnet21'.*resnet20.*vgg13"):
-        build_model("resnet21", num_classes=10, input_shape=CIFAR)
+    with pytest.raises(UserError, match=r"unknown model 'resnext20'.*resnet20.*vgg13"):
+        build_model("resnext20", num_classes=10, input_shape=CIFAR)
 
 
 def test_cnn_on_flat_input_is_a_user_error() -> None:
