@@ -10,11 +10,12 @@ setup:
 demo: setup  ## install, then the main job on the embedded default data (sklearn digits)
 	$(UV) run hpmkd train +strategy=kd
 
+# one thread per process: the suite's small models and two-process DDP runs are faster so on few cores
 test: setup  ## the whole test suite (skips tests that need ../shared/data when it is absent)
-	$(UV) run pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(UV) run pytest -q
 
 test-fast: setup
-	$(UV) run pytest -q -m "not slow"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(UV) run pytest -q -m "not slow"
 
 bench: setup
 	$(UV) run python scripts/bench_loop.py
