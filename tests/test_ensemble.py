@@ -112,7 +112,7 @@ def test_no_teachers_is_a_user_error():
 def test_engine_teacher_wrapper_freezes_all_teachers_and_taps_the_stack():
     ensemble = TeacherEnsemble(_teachers())
     frozen = FrozenTeacher(ensemble, ("teacher_logits",))
-    out = frozen(torch.randn(3, 4))
+    out = frozen(torch.randn(3, 4), torch.arange(3))
     assert out.features["teacher_logits"].shape == (3, 2, 3)
     assert all(not m.training for m in ensemble.modules())
     assert all(not p.requires_grad for p in ensemble.parameters())

@@ -39,6 +39,11 @@ class BatchTransform:
             self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
             self._shift = (mean_t / std_t).view(1, -1, 1, 1)
 
+    @property
+    def deterministic_in_training(self) -> bool:
+        """No random augmentation: a sample looks the same in every epoch."""
+        return not (self.is_image and (self.crop_padding or self.flip))
+
     def __call__(self, x: Tensor, train: bool) -> Tensor:
         if not self.is_image:
             return x

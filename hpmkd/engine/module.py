@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from hpmkd.data.augment import BatchTransform
+from hpmkd.engine.teacher_cache import CachedTeacher
 from hpmkd.methods.base import DistillMethod, ModelOutputs
 from hpmkd.models import FeatureTap
 
@@ -40,7 +41,7 @@ class FrozenTeacher:
         return self
 
     @torch.no_grad()
-    def __call__(self, x: Tensor) -> ModelOutputs:
+    def __call__(self, x: Tensor, index: Tensor) -> ModelOutputs:
         if self.tap is None:
             self.tap = FeatureTap(self.model, self.features)
         logits = self.model(x)
@@ -75,6 +76,7 @@ class DistillModule(L.LightningModule):
         scheduler: Callable[..., object] | None = None,
         teacher: nn.Module | None = None,
         init_stage: bool = False,
+        teacher_logits: Tensor | None = None,
     ) -> None:
         super().__init__()
         if method.needs_teacher and teacher is None:
@@ -85,7 +87,11 @@ class DistillModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.init_stage = init_stage
-        self.teacher = FrozenTeacher(teacher, method.teacher_features) if teacher else None
+        self.teacher: FrozenTeacher | CachedTeacher | None = None
+        if teacher_logits is not None:  # precomputed for every training sample (teacher_cache)
+            self.teacher = CachedTeacher(teacher_logits)
+        elif teacher is not None:
+            self.teacher = FrozenTeacher(teacher, method.teacher_features)
         self.student_tap: FeatureTap | None = None
         self._epoch_sums: dict[str, Tensor] = {}
         self._loss_terms: set[str] = set()
@@ -132,7 +138,7 @@ class DistillModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         x, y, index = batch
         x = self.transform(x, train=True)
-        teacher = self.teacher(x) if self.teacher is not None else None
+        teacher = self.teacher(x, index) if self.teacher is not None else None
         loss_fn = self.method.init_forward if self.init_stage else self.method
         losses = loss_fn(self.student_outputs(x), teacher, y, index)
         loss = torch.stack(list(losses.values())).sum()

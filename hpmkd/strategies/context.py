@@ -23,6 +23,7 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.engine.ddp import is_global_zero, launched_rank
 from hpmkd.engine.fit import FitResult, fit, fit_init_stage, one_device
 from hpmkd.engine.module import DistillModule
+from hpmkd.engine.teacher_cache import teacher_predictions
 from hpmkd.errors import UserError
 from hpmkd.hpm.temperature import schedule_from_config
 from hpmkd.io import write_atomic
@@ -125,14 +126,19 @@ class RunContext:
         *,
         out_dir: Path,
         teacher: nn.Module | None = None,
+        teacher_id: Any = None,
         nested: bool = False,
         ckpt_path: str | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> FitResult:
-        """Fit ``model`` with ``method`` (and ``teacher``) under the run's recipe and trainer."""
+        """Fit ``model`` with ``method`` (and ``teacher``) under the run's recipe and trainer.
+
+        ``teacher_id`` (what identifies the teacher in the store) enables the prediction cache.
+        """
         prepare_method(self, model, method, teacher)
         recipe = self.cfg.recipe
         trainer_kwargs = self.trainer_kwargs(nested=nested)
+        cached = self.cached_teacher_logits(teacher, teacher_id, method)
 
         def module(init_stage: bool) -> DistillModule:
             scheduler = recipe.scheduler if recipe.scheduler and not init_stage else None
@@ -145,6 +151,7 @@ class RunContext:
                 scheduler=hydra.utils.instantiate(scheduler) if scheduler else None,
                 teacher=teacher,
                 init_stage=init_stage,
+                teacher_logits=None if init_stage else cached,
             )
 
         if method.init_epochs and ckpt_path is None:
@@ -173,6 +180,26 @@ class RunContext:
         if not nested and is_global_zero():
             write_atomic(out_dir / STUDENT_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
         return result
+
+    def cached_teacher_logits(
+        self, teacher: nn.Module | None, teacher_id: Any, method: DistillMethod
+    ) -> torch.Tensor | None:
+        """The teacher's training-set logits from the shared memory, when they are exact: a
+        known teacher, a method that reads logits only, and no random augmentation."""
+        usable = (
+            teacher is not None
+            and teacher_id is not None
+            and self.cfg.get("teacher_cache", True)
+            and not method.teacher_features
+            and self.transform.deterministic_in_training
+        )
+        if not usable:
+            return None
+        inputs = self.transform(self.data.x_train, train=True)
+        return teacher_predictions(
+            self.store, teacher_id, teacher, inputs,  # type: ignore[arg-type]
+            data_fingerprint=self.data.fingerprint(), device=self.device,
+        )  # fmt: skip
 
     def train_plain(self, model: nn.Module, *, out_dir: Path, nested: bool = False) -> FitResult:
         return self.train(model, build_method({"name": "ce"}), out_dir=out_dir, nested=nested)

@@ -11,7 +11,7 @@ from torch import nn
 
 from hpmkd.methods import DistillMethod, build_method
 from hpmkd.strategies.context import RunContext, StrategyResult, model_record
-from hpmkd.strategies.teacher import obtain_teacher
+from hpmkd.strategies.teacher import obtain_teacher, teacher_identity
 
 
 def distil_student(
@@ -20,6 +20,7 @@ def distil_student(
     method_cfg: dict[str, Any],
     make_method: Callable[[nn.Module], DistillMethod] | None = None,
     callbacks: Sequence[Callback] = (),
+    teacher_id: Any = None,
 ) -> StrategyResult:
     """Distil the run's student from ``teacher`` (seeded like a plain run).
 
@@ -34,6 +35,7 @@ def distil_student(
         method,
         out_dir=ctx.out_dir,
         teacher=teacher,
+        teacher_id=teacher_id,
         ckpt_path=ctx.ckpt_path,
         callbacks=callbacks,
     )
@@ -48,6 +50,11 @@ def distil_student(
 def run(ctx: RunContext) -> StrategyResult:
     teacher, teacher_record = obtain_teacher(ctx, ctx.cfg.teacher)
     method_cfg = OmegaConf.to_container(ctx.cfg.method, resolve=True)
-    result = distil_student(ctx, teacher, method_cfg)  # type: ignore[arg-type]
+    result = distil_student(
+        ctx,
+        teacher,
+        method_cfg,
+        teacher_id=teacher_identity(teacher_record),  # type: ignore[arg-type]
+    )
     result.teacher = teacher_record
     return result

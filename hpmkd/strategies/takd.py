@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from hpmkd.strategies.context import RunContext, StrategyResult
 from hpmkd.strategies.kd import distil_student
-from hpmkd.strategies.teacher import obtain_model, obtain_teacher
+from hpmkd.strategies.teacher import obtain_model, obtain_teacher, teacher_identity
 
 
 def run(ctx: RunContext) -> StrategyResult:
@@ -19,7 +19,8 @@ def run(ctx: RunContext) -> StrategyResult:
     assistant = obtain_model(
         ctx, ctx.cfg.assistant, "assistant", teacher=teacher, method_cfg=method_cfg
     )
-    result = distil_student(ctx, assistant[0], method_cfg)
+    assistant_id = teacher_identity(assistant[1])
+    result = distil_student(ctx, assistant[0], method_cfg, teacher_id=assistant_id)
     result.teacher = teacher[1]
     result.intermediates = [assistant[1]]
     return result

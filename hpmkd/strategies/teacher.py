@@ -95,8 +95,9 @@ def obtain_model(
                 else:
                     method = build_method(method_cfg or {"name": "kd"})
                     result = ctx.train(
-                        model, method, out_dir=ctx.out_dir / role, teacher=teacher[0], nested=True
-                    )
+                        model, method, out_dir=ctx.out_dir / role, teacher=teacher[0],
+                        teacher_id=spec["distilled_from"], nested=True,
+                    )  # fmt: skip
                     spec["extra_params"] = method.extra_parameters()  # meta only, not the key
                 fit = asdict(result)
                 meta = {
