@@ -75,13 +75,13 @@ def test_training_step_changes_student_only_and_teacher_outputs_are_deterministi
     optimiser = module.configure_optimizers()["optimizer"]
     data = _data()
     batch = TensorSplit(data.x_train, data.y_train).__getitems__(list(range(32)))
-    out1 = module.teacher(batch[0]).logits
+    out1 = module.teacher(batch[0], batch[2]).logits
     loss = module.training_step(batch, 0)
     loss.backward()
     optimiser.step()
     for k, v in teacher.state_dict().items():  # BN running stats included
         assert torch.equal(v, before[k]), k
-    assert torch.equal(module.teacher(batch[0]).logits, out1)  # eval mode: dropout off
+    assert torch.equal(module.teacher(batch[0], batch[2]).logits, out1)  # eval mode: dropout off
 
 
 def test_teacher_outputs_follow_the_shuffled_batch(monkeypatch):
