@@ -87,3 +87,21 @@ def test_every_registered_model_is_a_teacher_and_student_option():
 def test_config_tree_ships_inside_the_wheel():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"conf" = "hpmkd/conf"' in text
+
+
+@pytest.mark.parametrize("sweep", _names("sweep"))
+def test_sweep_presets_compose_and_name_their_sweep(sweep):
+    config.setup()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"sweep={sweep}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert "seed" in params and len(str(params.seed).split(",")) >= 3
+    assert cfg.teacher.seed == 0  # one teacher shared by every member
+
+
+@pytest.mark.parametrize("component", ["acm", "pdc", "awmt", "mts", "ppp", "som"])
+def test_each_ablation_switches_off_exactly_its_component(component):
+    components = _compose("sweep=hpmkd_ablation", f"ablate={component}").strategy.components
+    assert [name for name, on in components.items() if not on] == [component]
+    assert all(_compose("sweep=hpmkd_ablation", "ablate=none").strategy.components.values())
