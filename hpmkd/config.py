@@ -26,11 +26,32 @@ def _wandb_offline() -> bool:
     return not os.environ.get("WANDB_API_KEY") and os.environ.get("WANDB_MODE") != "online"
 
 
+# where a run writes, how it logs and which seed it uses: not what makes it a configuration
+_NOT_IN_GROUP = ("seed", "paths", "logger", "store", "resume", "tags", "skip_complete")
+
+
+def _run_group(*, _root_: DictConfig) -> str:
+    """``<strategy>-<method>-<hash>``: the same for every seed of one configuration, so a logger
+    that groups runs (wandb) aggregates seeds."""
+    from hpmkd.store import content_key
+
+    settings = {
+        k: OmegaConf.to_container(_root_[k], resolve=True) if OmegaConf.is_config(_root_[k])
+        else _root_[k]
+        for k in _root_
+        if k not in _NOT_IN_GROUP
+    }  # fmt: skip
+    strategy = (_root_.get("strategy") or {}).get("name", "plain")
+    method = (_root_.get("method") or {}).get("name", "ce")
+    return f"{strategy}-{method}-{content_key('group', settings)[:10]}"
+
+
 def register_resolvers() -> None:
     """Resolvers used by the config tree (idempotent)."""
     resolvers = {
         "hpmkd_cache_dir": lambda: platformdirs.user_cache_dir("hpmkd"),
         "hpmkd_wandb_offline": _wandb_offline,
+        "hpmkd_run_group": _run_group,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

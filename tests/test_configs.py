@@ -105,3 +105,13 @@ def test_each_ablation_switches_off_exactly_its_component(component):
     components = _compose("sweep=hpmkd_ablation", f"ablate={component}").strategy.components
     assert [name for name, on in components.items() if not on] == [component]
     assert all(_compose("sweep=hpmkd_ablation", "ablate=none").strategy.components.values())
+
+
+def test_wandb_groups_runs_by_configuration_not_by_seed():
+    def group(*overrides: str) -> str:
+        return _compose("logger=wandb", *overrides).logger.wandb.group
+
+    assert group("seed=0") == group("seed=1") == group("seed=2", "store.root=/elsewhere")
+    assert group("seed=0").startswith("plain-ce-")
+    assert group("+strategy=kd").startswith("kd-kd-")
+    assert group("+strategy=kd") != group("+strategy=kd", "method.temperature=2")
