@@ -10,9 +10,7 @@ from rich.console import Console
 
 from hpmkd import config
 from hpmkd.data import load_data
-from hpmkd.hpm.acm import choose_config, print_report, relevant_rows
-from hpmkd.hpm.history import read_history
-from hpmkd.hpm.record import setting_features
+from hpmkd.hpm.record import consult_acm
 from hpmkd.models import count_parameters
 from hpmkd.store import ArtifactStore, content_key
 from hpmkd.strategies.context import RunContext
@@ -40,14 +38,7 @@ def show_acm(overrides: list[str], console: Console | None = None) -> None:
         sizes.append((count_parameters(ctx.build(teacher_cfg)), accuracy))
     teacher_params, teacher_acc = max(sizes, key=lambda s: s[0])
     student_params = count_parameters(ctx.build(cfg.student))
-    phi = setting_features(data, teacher_params, student_params, teacher_acc)
-    history = read_history(store.root)
-    prediction = choose_config(
-        phi,
-        history,
-        base_lr=float(cfg.recipe.optimizer.lr),
-        base_epochs=int(cfg.recipe.epochs),
-        min_history=cfg.strategy.acm.min_history,
-        seed=cfg.seed,
-    )
-    print_report(console or Console(), phi, prediction, relevant_rows(history)[-20:])
+    consult_acm(
+        cfg, data, teacher_params=teacher_params, teacher_acc=teacher_acc,
+        student_params=student_params, console=console,
+    )  # fmt: skip

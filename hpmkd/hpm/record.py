@@ -1,4 +1,5 @@
-"""A finished run as a row of the run history that ACM learns from (METHODS.md 2.1 and 2.6).
+"""A run as ACM sees it: its setting's meta-features, ACM's choice for it, and, once it has
+finished, its row of the run history ACM learns from (METHODS.md 2.1 and 2.6).
 
 Only runs that distil with a temperature and a KD weight (``kd``, ``multi_teacher``; the
 strategies kd, takd, progressive, multi_teacher, hpmkd) describe a point of ACM's search space.
@@ -13,8 +14,18 @@ import math
 import time
 from typing import Any
 
+from rich.console import Console
+
 from hpmkd.data.splits import DataSplits
-from hpmkd.hpm.acm import DEFAULT_EPSILON, meta_features
+from hpmkd.hpm.acm import (
+    DEFAULT_EPSILON,
+    Prediction,
+    choose_config,
+    meta_features,
+    print_report,
+    relevant_rows,
+)
+from hpmkd.hpm.history import read_history
 
 
 def _alpha(method: dict[str, Any]) -> float | None:
@@ -39,6 +50,31 @@ def setting_features(
         labels=data.y_train,
         teacher_acc=teacher_acc,
     )
+
+
+def consult_acm(
+    cfg: Any,
+    data: DataSplits,
+    *,
+    teacher_params: int,
+    teacher_acc: float | None,
+    student_params: int,
+    console: Console | None = None,
+) -> Prediction:
+    """ACM's choice for this run's setting from the history in its store, printed with the
+    meta-features and the history rows it learned from."""
+    phi = setting_features(data, teacher_params, student_params, teacher_acc)
+    history = read_history(cfg.store.root)
+    prediction = choose_config(
+        phi,
+        history,
+        base_lr=float(cfg.recipe.optimizer.lr),
+        base_epochs=int(cfg.recipe.epochs),
+        min_history=cfg.strategy.acm.min_history,
+        seed=cfg.seed,
+    )
+    print_report(console or Console(), phi, prediction, relevant_rows(history)[-20:])
+    return prediction
 
 
 def history_row(results: dict[str, Any], data: DataSplits) -> dict[str, Any] | None:

@@ -22,17 +22,9 @@ from dataclasses import replace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
-from rich.console import Console
 
-from hpmkd.hpm.acm import (
-    ACMConfig,
-    Prediction,
-    choose_config,
-    print_report,
-    relevant_rows,
-)
-from hpmkd.hpm.history import read_history
-from hpmkd.hpm.record import setting_features
+from hpmkd.hpm.acm import ACMConfig, Prediction
+from hpmkd.hpm.record import consult_acm
 from hpmkd.models import count_parameters
 from hpmkd.store import ArtifactStore
 from hpmkd.strategies.context import RunContext, StrategyResult
@@ -60,18 +52,13 @@ def choose(ctx: RunContext, teachers: list[Trained]) -> tuple[ACMConfig, Predict
     if not cfg.strategy.components.acm:
         return configured(cfg), None
     _, teacher = max(teachers, key=lambda t: t[1].params)
-    student_params = count_parameters(ctx.build(cfg.student))
-    phi = setting_features(ctx.data, teacher.params, student_params, teacher.val_acc)
-    history = read_history(ctx.store.root)
-    prediction = choose_config(
-        phi,
-        history,
-        base_lr=float(cfg.recipe.optimizer.lr),
-        base_epochs=int(cfg.recipe.epochs),
-        min_history=cfg.strategy.acm.min_history,
-        seed=cfg.seed,
+    prediction = consult_acm(
+        cfg,
+        ctx.data,
+        teacher_params=teacher.params,
+        teacher_acc=teacher.val_acc,
+        student_params=count_parameters(ctx.build(cfg.student)),
     )
-    print_report(Console(), phi, prediction, relevant_rows(history)[-20:])
     return prediction.config, prediction
 
 
