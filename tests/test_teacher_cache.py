@@ -16,6 +16,10 @@ from tests.conftest import TINY
 CPU = torch.device("cpu")
 
 
+def KEEP(x: torch.Tensor) -> torch.Tensor:  # noqa: N802 - the identity transform, a constant
+    return x
+
+
 def _module(teacher, logits=None) -> DistillModule:
     torch.manual_seed(0)
     student = build_model("mlp_small", num_classes=5, input_shape=(8,))
@@ -27,10 +31,16 @@ def _module(teacher, logits=None) -> DistillModule:
 
 
 def test_cached_logits_give_the_online_teachers_loss_for_a_shuffled_batch(tmp_path):
+    torch.manual_seed(0)
     teacher = build_model("mlp", num_classes=5, input_shape=(8,)).eval()
+    with torch.no_grad():  # confident, sample-specific logits, so misaligned rows show
+        for param in teacher.parameters():
+            param.mul_(3.0)
     x, y = torch.randn(40, 8), torch.randint(0, 5, (40,))
     store = ArtifactStore(tmp_path)
-    logits = teacher_predictions(store, {"t": 1}, teacher, x, data_fingerprint="f", device=CPU)
+    logits = teacher_predictions(
+        store, {"t": 1}, teacher, x, KEEP, data_fingerprint="f", device=CPU
+    )
     index = torch.randperm(40)[:16]  # a shuffled batch: rows must follow the sample index
     batch = (x[index], y[index], index)
     online = _module(teacher).training_step(batch, 0)
@@ -44,14 +54,10 @@ def test_predictions_are_computed_once_and_reused(tmp_path, monkeypatch):
     teacher = build_model("mlp", num_classes=5, input_shape=(8,)).eval()
     x = torch.randn(10, 8)
     store = ArtifactStore(tmp_path)
-    first = teacher_predictions(
-        store, {"t": 1}, teacher, x, data_fingerprint="f", device=torch.device("cpu")
-    )
+    first = teacher_predictions(store, {"t": 1}, teacher, x, KEEP, data_fingerprint="f", device=CPU)
     calls = []
     monkeypatch.setattr(teacher, "forward", lambda *a: calls.append(1))
-    again = teacher_predictions(
-        store, {"t": 1}, teacher, x, data_fingerprint="f", device=torch.device("cpu")
-    )
+    again = teacher_predictions(store, {"t": 1}, teacher, x, KEEP, data_fingerprint="f", device=CPU)
     assert torch.equal(first, again) and calls == []  # read from the store, the teacher not run
 
 

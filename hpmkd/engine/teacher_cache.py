@@ -13,6 +13,7 @@ teacher features keep the online teacher; randomly augmented images need per-vie
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,13 +48,14 @@ def teacher_predictions(
     identity: Any,
     teacher: nn.Module,
     inputs: Tensor,
+    transform: Callable[[Tensor], Tensor],
     *,
     data_fingerprint: str,
     device: torch.device,
     batch_size: int = 1024,
 ) -> Tensor:
-    """The teacher's logits for every row of ``inputs`` (already transformed), from the store
-    or computed once and stored."""
+    """The teacher's logits for every row of ``inputs`` (raw; ``transform`` is applied batch by
+    batch, on the device), from the store or computed once and stored."""
     key = content_key("predictions", {"teacher": identity, "data": data_fingerprint})
     with store.lock(key):
         artifact = store.get(key)
@@ -63,7 +65,7 @@ def teacher_predictions(
         was_training = teacher.training
         teacher.eval().to(device)
         logits = torch.cat(
-            [teacher(inputs[i : i + batch_size].to(device)).float().cpu()
+            [teacher(transform(inputs[i : i + batch_size].to(device))).float().cpu()
              for i in range(0, len(inputs), batch_size)]
         )  # fmt: skip
         teacher.train(was_training)

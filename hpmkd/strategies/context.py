@@ -195,9 +195,10 @@ class RunContext:
         )
         if not usable:
             return None
-        inputs = self.transform(self.data.x_train, train=True)
+        transform = self.transform
         return teacher_predictions(
-            self.store, teacher_id, teacher, inputs,  # type: ignore[arg-type]
+            self.store, teacher_id, teacher, self.data.x_train,  # type: ignore[arg-type]
+            lambda x: transform(x, train=True),
             data_fingerprint=self.data.fingerprint(), device=self.device,
         )  # fmt: skip
 
