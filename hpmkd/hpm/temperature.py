@@ -60,17 +60,15 @@ def distillation_loss(loss_terms: dict[str, float]) -> float:
 
 
 class TemperatureSchedule(Callback):
-    """Sets the method's temperature each epoch and logs it as ``train/temperature``.
-
-    Checkpointed, so a resumed run continues the same schedule.
-    """
+    """Sets the method's temperature each epoch and logs it as ``train/temperature`` (the
+    per-epoch values also reach results.json through ``EpochHistory``). Checkpointed, so a
+    resumed run continues the same schedule."""
 
     def __init__(self, kind: str, epochs: int, **params: float) -> None:
         if kind not in KINDS:
             raise unknown_name("temperature schedule", kind, list(KINDS))
         self.kind, self.epochs, self.params = kind, epochs, params
         self.losses: list[float] = []
-        self.history: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         method = pl_module.method  # type: ignore[attr-defined]
@@ -80,21 +78,18 @@ class TemperatureSchedule(Callback):
             self.kind, trainer.current_epoch, self.epochs, self.losses, **self.params
         )
         method.temperature = value
-        del self.history[trainer.current_epoch :]
-        self.history.append(value)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         terms = pl_module.epoch_loss_terms()  # type: ignore[operator]
         del self.losses[trainer.current_epoch :]
         self.losses.append(distillation_loss(terms))
-        pl_module.log("train/temperature", self.history[-1])
+        pl_module.log("train/temperature", float(pl_module.method.temperature))  # type: ignore[attr-defined]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"losses": list(self.losses), "history": list(self.history)}
+        return {"losses": list(self.losses)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.losses = list(state_dict["losses"])
-        self.history = list(state_dict["history"])
 
 
 def schedule_from_config(node: Any, epochs: int) -> TemperatureSchedule | None:
