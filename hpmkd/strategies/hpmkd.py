@@ -18,7 +18,7 @@ history.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -109,6 +109,6 @@ def run(ctx: RunContext) -> StrategyResult:
             "n_history": prediction.n_history,
             "reason": prediction.reason,
         },
-        "teachers": [r.__dict__ for _, r in teachers],
+        "teachers": [asdict(r) for _, r in teachers],
     }
     return result

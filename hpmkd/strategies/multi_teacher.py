@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -106,5 +107,5 @@ def run(ctx: RunContext) -> StrategyResult:
     method_cfg = OmegaConf.to_container(ctx.cfg.method, resolve=True)
     result = distil_student(ctx, teacher, method_cfg)  # type: ignore[arg-type]
     result.teacher = record
-    result.details = {"teachers": [r.__dict__ for _, r in teachers]}
+    result.details = {"teachers": [asdict(r) for _, r in teachers]}
     return result

@@ -30,7 +30,7 @@ from hpmkd.errors import UserError
 from hpmkd.hpm.chain import ChainRow, chain_table, next_member, save_chain
 from hpmkd.io import write_atomic
 from hpmkd.models import count_parameters
-from hpmkd.models.family import family_members
+from hpmkd.models.family import Member, family_members
 from hpmkd.strategies.context import STUDENT_FILE, ModelRecord, RunContext, StrategyResult
 from hpmkd.strategies.teacher import obtain_model, obtain_teacher
 
@@ -91,7 +91,7 @@ def build_chain(
         row(
             best[1],
             "student (direct)",
-            _student_label(student_cfg),
+            Member(student_cfg.arch, dict(student_cfg.params or {})).label,
             student_val=best_val,
             kept=True,
         )
@@ -168,8 +168,3 @@ def run(ctx: RunContext) -> StrategyResult:
 def _val(record: ModelRecord) -> float:
     assert record.val_acc is not None
     return record.val_acc
-
-
-def _student_label(student_cfg: Any) -> str:
-    hidden = (student_cfg.get("params") or {}).get("hidden")
-    return f"{student_cfg.arch}{list(hidden)}" if hidden is not None else student_cfg.arch

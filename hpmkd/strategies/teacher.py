@@ -86,10 +86,11 @@ def obtain_model(
                 log.info("%s %s: reused from the store (%s)", role, model_cfg.arch, key[:12])
                 extra = {"source": "store", "store_key": key}
                 fit = artifact.meta.get("fit")
-                spec["extra_params"] = artifact.meta.get("extra_params", 0)
+                extra_params = artifact.meta.get("extra_params", 0)
             else:
                 log.info("%s %s: not in the store, training it first", role, model_cfg.arch)
                 ctx.seed(model_seed(ctx, model_cfg))
+                extra_params = 0
                 if teacher is None:
                     result = ctx.train_plain(model, out_dir=ctx.out_dir / role, nested=True)
                 else:
@@ -98,10 +99,11 @@ def obtain_model(
                         model, method, out_dir=ctx.out_dir / role, teacher=teacher[0],
                         teacher_id=spec["distilled_from"], nested=True,
                     )  # fmt: skip
-                    spec["extra_params"] = method.extra_parameters()  # meta only, not the key
+                    extra_params = method.extra_parameters()
                 fit = asdict(result)
                 meta = {
                     **spec,
+                    "extra_params": extra_params,
                     "role": role,
                     "val_acc": result.acc_best,
                     "test_acc": result.test_acc,
@@ -113,7 +115,7 @@ def obtain_model(
                 log.info("%s %s: trained and stored (%s)", role, model_cfg.arch, key[:12])
                 extra = {"source": "trained", "store_key": key}
         if teacher is not None:
-            extra["extra_params"] = spec.get("extra_params", 0)
+            extra["extra_params"] = extra_params
     data = ctx.data
     record = ModelRecord(
         role=role,
