@@ -82,11 +82,30 @@ def collect_results(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# files only a run directory holds: hpmkd's own, and the config Hydra saves when a job starts
+_RUN_MARKERS = ("results.json", "failure.json", "run.json", ".hydra/config.yaml")
+
+
 def collect_failures(dirs: Iterable[str | os.PathLike]) -> list[dict]:
-    """Runs below ``dirs`` that failed (``failure.json``, no completed results beside it)."""
+    """Runs below ``dirs`` without completed results: failed (``failure.json``: the error), or
+    unfinished (started, then killed or still running), so that no run drops out unseen."""
+    run_dirs = {
+        path.parent.parent if marker.startswith(".hydra") else path.parent
+        for directory in dirs
+        for marker in _RUN_MARKERS
+        for path in Path(directory).rglob(marker)
+    }
     failures = []
-    for directory in dirs:
-        for path in sorted(Path(directory).rglob("failure.json")):
-            if not (path.parent / "results.json").is_file():
-                failures.append(json.loads(path.read_text()) | {"path": str(path.parent)})
+    for run_dir in sorted(run_dirs):
+        results, failure = run_dir / "results.json", run_dir / "failure.json"
+        if results.is_file():
+            status = json.loads(results.read_text()).get("status")
+            if status == "completed":
+                continue
+            record = {"status": status, "error": f"results.json with status {status!r}"}
+        elif failure.is_file():
+            record = json.loads(failure.read_text())
+        else:
+            record = {"status": "unfinished", "error": "no results.json: killed or still running"}
+        failures.append(record | {"path": str(run_dir)})
     return failures

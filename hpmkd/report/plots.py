@@ -64,7 +64,7 @@ def plot_accuracy_bars(table: pd.DataFrame, path: Path, title: str) -> Path:
 def plot_accuracy_vs_ratio(table: pd.DataFrame, path: Path, title: str) -> Path | None:
     """Test accuracy against compression ratio (log scale), one line per strategy/method;
     None when no strategy was run at more than one ratio."""
-    rows = table.dropna(subset=["compression_ratio"])
+    rows = table.assign(compression_ratio=scan_ratios(table)).dropna(subset=["compression_ratio"])
     series = {
         label: group.sort_values("compression_ratio")
         for label, group in rows.groupby(rows["strategy"] + "/" + rows["method"])
@@ -88,6 +88,16 @@ def plot_accuracy_vs_ratio(table: pd.DataFrame, path: Path, title: str) -> Path 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def scan_ratios(table: pd.DataFrame) -> pd.Series:
+    """Compression ratios; a run without a teacher (plain) takes the ratio of the distilled runs
+    with its data and student size, when they agree, to sit beside them in a compression scan."""
+    size = ["data", "student", "student_params"]
+    known = table.dropna(subset=["compression_ratio"]).groupby(size)["compression_ratio"]
+    unique = known.first()[known.nunique() == 1]
+    borrowed = [unique.get(tuple(row[size])) for _, row in table.iterrows()]
+    return table["compression_ratio"].fillna(pd.Series(borrowed, index=table.index, dtype=float))
 
 
 CURVES = {

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pandas as pd
 
 GROUP = ["data", "recipe", "epochs", "teacher", "student", "strategy", "method"]
@@ -58,70 +61,68 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def format_markdown(table: pd.DataFrame) -> str:
-    """The paper-style view: one line per configuration, accuracies as mean +- std (n)."""
+HEADERS = [
+    "data", "teacher", "student", "strategy", "method", "variant", "ratio", "extra params",
+    "test acc %", "test acc % (last epoch)", "val acc % (best)", "teacher acc %", "retention %",
+    "vs CE (pp)", "n", "time s",
+]  # fmt: skip
 
-    def pm(mean: float, std: float) -> str:
+
+def _cells(row: Any, *, pm: str, times: str, dash: str, text: Callable[[object], str]) -> list[str]:
+    """One configuration's cells under ``HEADERS``: accuracies as mean ``pm`` std over seeds."""
+
+    def stat(metric: str, scale: float = 1.0) -> str:
+        mean, std = getattr(row, f"{metric}_mean"), getattr(row, f"{metric}_std")
         if pd.isna(mean):
-            return "-"
-        return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+            return dash
+        return f"{scale * mean:.2f}" if pd.isna(std) else f"{scale * mean:.2f}{pm}{scale * std:.2f}"
 
-    lines = [
-        "| data | teacher | student | strategy | method | variant | ratio | test acc % | "
-        "test acc % (last epoch) | val acc % (best) | teacher acc % | vs CE (pp) | n | time s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    names = (row.data, row.teacher, row.student, row.strategy, row.method, row.variant)
+    ratio = dash if pd.isna(row.compression_ratio) else f"{row.compression_ratio:.1f}{times}"
+    vs_ce = dash if pd.isna(row.vs_ce) or row.strategy == "plain" else f"{row.vs_ce:+.2f}"
+    return [
+        *map(text, names), ratio, f"{int(row.extra_params):,}",
+        *map(stat, ("test_acc", "test_acc_last", "acc_best", "teacher_acc")),
+        stat("retention", 100), vs_ce, str(row.n), f"{row.wall_time_s_mean:.0f}",
+    ]  # fmt: skip
+
+
+def format_markdown(table: pd.DataFrame) -> str:
+    """The paper-style view: one line per configuration, accuracies as mean ± std over seeds."""
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     for row in table.itertuples():
-        vs_ce = "-" if pd.isna(row.vs_ce) or row.strategy == "plain" else f"{row.vs_ce:+.2f}"
-        ratio = "-" if pd.isna(row.compression_ratio) else f"{row.compression_ratio:.1f}x"
-        accuracies = " | ".join(
-            pm(getattr(row, f"{m}_mean"), getattr(row, f"{m}_std"))
-            for m in ("test_acc", "test_acc_last", "acc_best", "teacher_acc")
-        )
-        lines.append(
-            f"| {row.data} | {row.teacher} | {row.student} | {row.strategy} | {row.method} | "
-            f"{row.variant} | {ratio} | {accuracies} | {vs_ce} | {row.n} | "
-            f"{row.wall_time_s_mean:.0f} |"
-        )
+        cells = _cells(row, pm=" ± ", times="x", dash="-", text=str)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def format_failures(failures: list[dict]) -> str:
-    """The failed runs as a Markdown section (empty when none failed)."""
+    """The runs without completed results as a Markdown section (empty when there are none)."""
     if not failures:
         return ""
-    lines = ["", f"Failed runs: {len(failures)}", "", "| run | strategy | method | seed | error |",
-             "|---|---|---|---|---|"]  # fmt: skip
-    for f in failures:
-        error = str(f.get("error", "")).replace("|", "/")
-        lines.append(
-            f"| {f['path']} | {f.get('strategy')} | {f.get('method')} | {f.get('seed')} | {error} |"
-        )
+    columns = ("path", "status", "strategy", "method", "seed", "error")
+    lines = ["", f"Failed runs: {len(failures)}", "", "| " + " | ".join(columns) + " |",
+             "|" + "---|" * len(columns)]  # fmt: skip
+    for failure in failures:
+        cells = (str(failure.get(c, "-")).replace("|", "/") for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def format_latex(table: pd.DataFrame) -> str:
-    """A booktabs table for a paper: one row per configuration, mean ± std (n) over seeds."""
+    """A booktabs table for a paper: the columns of the Markdown table."""
 
     def tex(text: object) -> str:
         return str(text).replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
 
-    def pm(mean: float, std: float) -> str:
-        if pd.isna(mean):
-            return "--"
-        return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} $\\pm$ {std:.2f}"
-
-    header = (
-        "data & teacher & student & strategy & method & variant & ratio & test acc (\\%) & "
-        "retention (\\%) & $n$ \\\\"
-    )
-    lines = ["\\begin{tabular}{lllllllrrr}", "\\toprule", header, "\\midrule"]
+    lines = [
+        f"\\begin{{tabular}}{{{'l' * 6}{'r' * (len(HEADERS) - 6)}}}",
+        "\\toprule",
+        " & ".join(map(tex, HEADERS)) + " \\\\",
+        "\\midrule",
+    ]
     for row in table.itertuples():
-        ratio = "--" if pd.isna(row.compression_ratio) else f"{row.compression_ratio:.1f}$\\times$"
-        retention = pm(100 * row.retention_mean, 100 * row.retention_std)
-        cells = [tex(c) for c in (row.data, row.teacher, row.student, row.strategy, row.method,
-                                  row.variant)]  # fmt: skip
-        cells += [ratio, pm(row.test_acc_mean, row.test_acc_std), retention, str(row.n)]
+        cells = _cells(row, pm=" $\\pm$ ", times="$\\times$", dash="--", text=tex)
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
