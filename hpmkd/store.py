@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +75,16 @@ class ArtifactStore:
         self, key: str, state_dict: Mapping[str, Any], meta: Mapping[str, Any]
     ) -> Artifact:
         """Store a model's weights and metadata under ``key`` (atomically; first writer wins)."""
+        return self.put(key, lambda path: torch.save(dict(state_dict), path / MODEL_FILE), meta)
+
+    def put(self, key: str, write: Callable[[Path], None], meta: Mapping[str, Any]) -> Artifact:
+        """Store the files ``write(directory)`` creates, and metadata, under ``key`` (atomically;
+        first writer wins)."""
         staging_root = self.root / "staging"
         staging_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=staging_root))
         try:
-            torch.save(dict(state_dict), staging / MODEL_FILE)
+            write(staging)
             full_meta = {"key": key, "created": time.time(), **meta}
             (staging / META_FILE).write_text(json.dumps(full_meta, indent=2, default=str))
             final = self._dir(key)

@@ -14,6 +14,7 @@ from hpmkd import config
 from hpmkd.data import load_data
 from hpmkd.data.splits import DataSplits
 from hpmkd.engine.ddp import is_global_zero
+from hpmkd.engine.teacher_cache import cache_summary
 from hpmkd.errors import UserError
 from hpmkd.hpm.history import append_run
 from hpmkd.hpm.record import history_row
@@ -168,6 +169,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict:
         result = run_strategy(strategy, ctx)
     finally:
         _finish_wandb()
+    if ctx.teacher_cache_counts:  # teacher forwards the prediction cache saved, over all fits
+        result.details["teacher_cache"] = cache_summary(ctx.teacher_cache_counts)
     results = build_results(
         strategy=strategy,
         result=result,

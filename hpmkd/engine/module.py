@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from hpmkd.data.augment import BatchTransform
-from hpmkd.engine.teacher_cache import CachedTeacher
+from hpmkd.engine.teacher_cache import CachedTeacher, ViewCache
 from hpmkd.methods.base import DistillMethod, ModelOutputs
 from hpmkd.models import FeatureTap
 
@@ -41,7 +41,9 @@ class FrozenTeacher:
         return self
 
     @torch.no_grad()
-    def __call__(self, x: Tensor, index: Tensor) -> ModelOutputs:
+    def __call__(self, x: Tensor, index: Tensor, view: Tensor | None = None) -> ModelOutputs:
+        """The teacher's outputs for batch ``x`` (``index`` and ``view``, which identify its
+        samples for ``CachedTeacher``, are not needed online)."""
         if self.tap is None:
             self.tap = FeatureTap(self.model, self.features)
         logits = self.model(x)
@@ -76,7 +78,7 @@ class DistillModule(L.LightningModule):
         scheduler: Callable[..., object] | None = None,
         teacher: nn.Module | None = None,
         init_stage: bool = False,
-        teacher_logits: Tensor | None = None,
+        teacher_cache: ViewCache | None = None,
     ) -> None:
         super().__init__()
         if method.needs_teacher and teacher is None:
@@ -88,10 +90,10 @@ class DistillModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.init_stage = init_stage
         self.teacher: FrozenTeacher | CachedTeacher | None = None
-        if teacher_logits is not None:  # precomputed for every training sample (teacher_cache)
-            self.teacher = CachedTeacher(teacher_logits)
-        elif teacher is not None:
-            self.teacher = FrozenTeacher(teacher, method.teacher_features)
+        if teacher is not None:
+            online = FrozenTeacher(teacher, method.teacher_features)
+            # teacher_cache: logits per (sample, view) from the shared cache, misses computed online
+            self.teacher = online if teacher_cache is None else CachedTeacher(online, teacher_cache)
         self.student_tap: FeatureTap | None = None
         self._epoch_sums: dict[str, Tensor] = {}
         self._loss_terms: set[str] = set()
@@ -137,8 +139,8 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         x, y, index = batch
-        x = self.transform(x, train=True)
-        teacher = self.teacher(x, index) if self.teacher is not None else None
+        x, view = self.transform.augment(x)
+        teacher = self.teacher(x, index, view) if self.teacher is not None else None
         loss_fn = self.method.init_forward if self.init_stage else self.method
         losses = loss_fn(self.student_outputs(x), teacher, y, index)
         loss = torch.stack(list(losses.values())).sum()

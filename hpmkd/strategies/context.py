@@ -23,7 +23,13 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.engine.ddp import is_global_zero, launched_rank
 from hpmkd.engine.fit import FitResult, fit, fit_init_stage, one_device
 from hpmkd.engine.module import DistillModule
-from hpmkd.engine.teacher_cache import teacher_predictions
+from hpmkd.engine.teacher_cache import (
+    CacheCounts,
+    ViewCache,
+    cache_summary,
+    open_view_cache,
+    weights_digest,
+)
 from hpmkd.errors import UserError
 from hpmkd.hpm.temperature import schedule_from_config
 from hpmkd.io import write_atomic
@@ -68,6 +74,7 @@ class RunContext:
     data: DataSplits
     store: ArtifactStore
     ckpt_path: str | None = None
+    teacher_cache_counts: dict[str, int] = field(default_factory=dict)  # over all fits of the run
 
     @property
     def transform(self) -> BatchTransform:
@@ -138,7 +145,8 @@ class RunContext:
         prepare_method(self, model, method, teacher)
         recipe = self.cfg.recipe
         trainer_kwargs = self.trainer_kwargs(nested=nested)
-        cached = self.cached_teacher_logits(teacher, teacher_id, method)
+        cache = self.teacher_cache(teacher, teacher_id, method)
+        counts = CacheCounts() if cache is not None else None
 
         def module(init_stage: bool) -> DistillModule:
             scheduler = recipe.scheduler if recipe.scheduler and not init_stage else None
@@ -151,7 +159,7 @@ class RunContext:
                 scheduler=hydra.utils.instantiate(scheduler) if scheduler else None,
                 teacher=teacher,
                 init_stage=init_stage,
-                teacher_logits=None if init_stage else cached,
+                teacher_cache=None if init_stage else cache,
             )
 
         if method.init_epochs and ckpt_path is None:
@@ -166,6 +174,8 @@ class RunContext:
         schedule = schedule_from_config(self.cfg.get("temperature"), recipe.epochs)
         if schedule is not None and hasattr(method, "temperature"):
             callbacks = [*callbacks, schedule]
+        if counts is not None:
+            callbacks = [*callbacks, counts]
         result = fit(
             module(init_stage=False),
             self.datamodule(),
@@ -176,31 +186,45 @@ class RunContext:
             ckpt_path=ckpt_path,
             callbacks=callbacks,
         )
+        if counts is not None:
+            self.add_cache_counts(counts.counts)
         # the deployable student: its own weights only, no method connectors
         if not nested and is_global_zero():
             write_atomic(out_dir / STUDENT_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
         return result
 
-    def cached_teacher_logits(
+    def teacher_cache(
         self, teacher: nn.Module | None, teacher_id: Any, method: DistillMethod
-    ) -> torch.Tensor | None:
-        """The teacher's training-set logits from the shared memory, when they are exact: a
-        known teacher, a method that reads logits only, and no random augmentation."""
-        usable = (
-            teacher is not None
-            and teacher_id is not None
-            and self.cfg.get("teacher_cache", True)
-            and not method.teacher_features
-            and self.transform.deterministic_in_training
-        )
-        if not usable:
+    ) -> ViewCache | None:
+        """The shared cache of the teacher's logits per (sample, view), when reading it is exact:
+        a known teacher and a method that reads its logits only (``teacher_cache=false``: never)."""
+        if teacher is None or teacher_id is None or method.teacher_features:
+            return None
+        if not self.cfg.get("teacher_cache", True):
             return None
         transform = self.transform
-        return teacher_predictions(
-            self.store, teacher_id, teacher, self.data.x_train,  # type: ignore[arg-type]
-            lambda x: transform(x, train=True),
-            data_fingerprint=self.data.fingerprint(), device=self.device,
+        spec = {
+            "teacher": teacher_id,
+            "weights": weights_digest(teacher),
+            "data": self.data.fingerprint(),
+            "transform": transform.spec,
+            "precision": str(self.cfg.trainer.get("precision")),
+        }
+        return open_view_cache(
+            self.store, spec, samples=len(self.data.y_train), views=transform.views,
+            classes=self.data.num_classes,
         )  # fmt: skip
+
+    def add_cache_counts(self, counts: dict[str, int]) -> None:
+        """Log one fit's cache hits and misses and add them to the run's."""
+        summary = cache_summary(counts)
+        saved = summary["saved_fraction"]
+        log.info(
+            "teacher cache: %d hits, %d misses (%s of teacher forwards saved)",
+            summary["hits"], summary["misses"], "-" if saved is None else f"{100 * saved:.1f}%",
+        )  # fmt: skip
+        for name, count in counts.items():
+            self.teacher_cache_counts[name] = self.teacher_cache_counts.get(name, 0) + count
 
     def train_plain(self, model: nn.Module, *, out_dir: Path, nested: bool = False) -> FitResult:
         return self.train(model, build_method({"name": "ce"}), out_dir=out_dir, nested=nested)
