@@ -126,12 +126,3 @@ def flip_where(x: Tensor, flipped: Tensor) -> Tensor:
     """The batch with the samples marked in ``flipped`` mirrored horizontally."""
     return torch.where(flipped[:, None, None, None], x.flip(3), x)
 
-
-def random_crop(x: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
-    """Per-sample random crop of the zero-padded batch back to its original size."""
-    return crop(x, padding, *crop_offsets(len(x), padding, x.device, generator))
-
-
-def random_flip(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Flip each sample horizontally with probability 1/2."""
-    return flip_where(x, flip_draws(len(x), x.device, generator))
