@@ -16,6 +16,7 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.engine.module import DistillModule, FrozenTeacher
 from hpmkd.engine.teacher_cache import CachedTeacher, ViewCache, open_view_cache
 from hpmkd.methods import build_method
+from hpmkd.parallel import DEVICE_ENV
 from hpmkd.store import ArtifactStore
 from tests.conftest import TINY
 
@@ -203,3 +204,17 @@ def test_a_seed_sweep_reads_the_first_runs_teacher_logits_and_matches_the_online
     for seed in (0, 1):
         a, b = by_seed[(seed, True)]["curves"]["kd"], by_seed[(seed, False)]["curves"]["kd"]
         assert a == pytest.approx(b, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_spawned_ddp_ranks_share_one_cache_and_report_their_summed_counts(run_cli, monkeypatch):
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", DEVICE_ENV):
+        monkeypatch.delenv(name, raising=False)  # this process spawns its two workers
+    run = run_cli("train", "+strategy=kd", "trainer=ddp_cpu", *TINY)
+    assert run.code == 0, run.err
+    (results,) = run.results()
+    counts = results["details"]["teacher_cache"]
+    train, epochs = results["data"]["train"], results["epochs"]
+    padded = train + train % 2  # the distributed sampler repeats a sample to even the ranks
+    assert counts["hits"] + counts["misses"] == epochs * padded  # both ranks' counts came back
+    assert train <= counts["misses"] <= padded  # each sample computed once, by either rank
