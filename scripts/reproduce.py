@@ -164,10 +164,10 @@ def unpack_budget_images(folder: Path) -> None:
         members = sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name)
         taken: dict[tuple[str, str], int] = {}
         for member in members:
-            split, label, _ = Path(member.name).parts[-3:]
-            if taken.get((split, label), 0) < keep.get(split, 0):
+            split, label, file = (None, None, *Path(member.name).parts)[-3:]
+            if split in keep and taken.get((split, label), 0) < keep[split]:
                 taken[split, label] = taken.get((split, label), 0) + 1
-                member.name = f"{split}/{label}/{Path(member.name).name}"
+                member.name = f"{split}/{label}/{file}"
                 tar.extract(member, partial, filter="data")
     partial.rename(folder)
 

@@ -122,6 +122,7 @@ def test_val_fraction_zero_gives_empty_val_with_trailing_shape() -> None:
     assert len(images.y_train) + len(images.y_test) == 1797
     table = load_data({"name": "breast_cancer", "val_fraction": 0.0})
     assert table.x_val.shape == (0, 30) and table.x_val.dtype == torch.float32
+    assert len(images.fingerprint()) == 64 and len(table.fingerprint()) == 64
 
 
 def test_channel_stats_match_float_computation() -> None:

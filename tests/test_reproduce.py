@@ -147,13 +147,17 @@ def test_every_printed_member_composes():
 def test_budget_images_are_a_class_balanced_subset(tmp_path, monkeypatch):
     archive = tmp_path / "images.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
+        readme = tarfile.TarInfo("README.md")  # files outside <split>/<class>/ are left out
+        readme.size = 2
+        tar.addfile(readme, io.BytesIO(b"hi"))
         for split, label, i in itertools.product(("train", "test"), ("cat", "dog"), range(40)):
-            info = tarfile.TarInfo(f"CIFAR-10-images/{split}/{label}/{i:04d}.jpg")
+            info = tarfile.TarInfo(f"{split}/{label}/{i:04d}.jpg")
             info.size = 3
             tar.addfile(info, io.BytesIO(b"jpg"))
     monkeypatch.setattr(reproduce, "CIFAR10_JPEG_TAR", archive)
     folder = tmp_path / "subset"
     reproduce.unpack_budget_images(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["test", "train"]
     kept = {"train": reproduce.BUDGET_TRAIN_PER_CLASS, "test": reproduce.BUDGET_TEST_PER_CLASS}
     for split, per_class in kept.items():
         for label in ("cat", "dog"):

@@ -49,7 +49,8 @@ class DataSplits:
             for tensor in (getattr(self, f"x_{split}"), getattr(self, f"y_{split}")):
                 array = tensor.detach().cpu().contiguous().numpy()
                 digest.update(f"|{split}:{array.dtype}:{tuple(array.shape)}|".encode())
-                digest.update(memoryview(array).cast("B"))
+                if array.size:  # an empty split (val_fraction 0) has no bytes to view
+                    digest.update(memoryview(array).cast("B"))
         self._fingerprint = digest.hexdigest()  # splits are never modified after loading
         return self._fingerprint
 
