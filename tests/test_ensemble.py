@@ -116,3 +116,122 @@ def test_engine_teacher_wrapper_freezes_all_teachers_and_taps_the_stack():
     assert out.features["teacher_logits"].shape == (3, 2, 3)
     assert all(not m.training for m in ensemble.modules())
     assert all(not p.requires_grad for p in ensemble.parameters())
+
+
+# --- teachers of one architecture: one batched (vmapped) forward ------------------------------
+
+
+def _image_teachers() -> list[nn.Module]:
+    """Three ``resnet8`` (BatchNorm with non-trivial running statistics) and one ``mlp_small``,
+    frozen, on 3x8x8 images."""
+    torch.manual_seed(0)
+    arches = ("resnet8", "resnet8", "mlp_small", "resnet8")
+    teachers = [build_model(arch, num_classes=5, input_shape=(3, 8, 8)) for arch in arches]
+    for teacher in teachers:
+        for module in teacher.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return [t.eval().requires_grad_(False) for t in teachers]
+
+
+def test_teachers_of_one_architecture_run_batched_and_match_one_by_one():
+    teachers = _image_teachers()
+    x = torch.randn(6, 3, 8, 8)
+    one_by_one = [t(x) for t in teachers]
+    for concurrent in (False, True):
+        ensemble = TeacherEnsemble(teachers, concurrent=concurrent)
+        assert ensemble.groups == [(0, 1, 3), (2,)]
+        for _ in range(2):  # the first forward builds and checks the stack, the second reuses it
+            with torch.no_grad(), FeatureTap(ensemble, ["teacher_logits"]) as tap:
+                out = ensemble(x)
+                stacked = tap.features["teacher_logits"]
+            assert ensemble.batched_groups == [(0, 1, 3)]
+            assert stacked.shape == (6, 4, 5)
+            for k, expected in enumerate(one_by_one):  # in the order the teachers were given
+                assert torch.allclose(stacked[:, k], expected, atol=1e-5), k
+            assert torch.allclose(out, torch.stack(one_by_one, dim=1).mean(dim=1), atol=1e-5)
+    unbatched = TeacherEnsemble(teachers, batched=False)
+    with torch.no_grad():
+        assert torch.equal(unbatched(x), torch.stack(one_by_one, dim=1).mean(dim=1))
+    assert unbatched.batched_groups == []
+
+
+def test_teachers_in_train_mode_or_with_gradients_run_one_by_one():
+    teachers = _image_teachers()
+    x = torch.randn(4, 3, 8, 8)
+    ensemble = TeacherEnsemble(teachers, concurrent=False).train()  # BatchNorm would update
+    with torch.no_grad():
+        ensemble(x)
+    assert ensemble.batched_groups == []
+    ensemble.eval()
+    teachers[0].requires_grad_(True)
+    out = ensemble(x)  # the gradient must reach the teachers' own parameters
+    assert ensemble.batched_groups == []
+    out.sum().backward()
+    assert teachers[0].conv1.weight.grad is not None
+
+
+class _Scaled(nn.Module):
+    """Same layers, same weight shapes, a setting the module repr does not show."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 3)
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x) * self.scale
+
+
+class _Talker(nn.Module):
+    """A forward vmap cannot batch (a Python number from a batched tensor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layer(x)
+        return out - out.max().item()
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda k: _Scaled(float(k + 1)), "batched outputs differ"),
+        (lambda k: _Talker(), "item"),
+    ],
+)
+def test_a_group_that_cannot_be_batched_falls_back_with_a_warning(make, reason, caplog):
+    torch.manual_seed(0)
+    teachers = [make(k).eval().requires_grad_(False) for k in range(3)]
+    ensemble = TeacherEnsemble(teachers, concurrent=False)
+    assert ensemble.groups == [(0, 1, 2)]
+    x = torch.randn(5, 4)
+    expected = torch.stack([t(x) for t in teachers], dim=1).mean(dim=1)
+    with caplog.at_level("WARNING", logger="hpmkd"):
+        for _ in range(2):
+            assert torch.equal(ensemble(x), expected)
+    assert ensemble.batched_groups == []
+    (record,) = caplog.records  # warned once, then one by one for good
+    assert "run one by one, not batched" in record.message and reason in record.message
+
+
+def test_teachers_with_hooks_are_groups_of_their_own():
+    teachers = _image_teachers()
+    handle = teachers[1].register_forward_hook(lambda module, args, out: None)
+    assert TeacherEnsemble(teachers).groups == [(0, 3), (1,), (2,)]
+    handle.remove()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batched_group_on_a_side_stream_matches_one_by_one_on_cuda():
+    teachers = [t.cuda() for t in _image_teachers()]
+    x = torch.randn(64, 3, 8, 8, device="cuda")
+    ensemble = TeacherEnsemble(teachers)  # the batched group and the MLP on two streams
+    with torch.no_grad():
+        expected = torch.stack([t(x) for t in teachers], dim=1).mean(dim=1)
+        for _ in range(2):
+            assert torch.allclose(ensemble(x), expected, atol=1e-4)
+    assert ensemble.batched_groups == [(0, 1, 3)]
