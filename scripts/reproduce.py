@@ -35,7 +35,8 @@ BUDGET_TEST_PER_CLASS = 10
 FULL_SEEDS = "0,1,2"
 BUDGET_SEEDS = "0"
 # the section-5 rows; AB, FT and FSP run in a sweep of their own (their 30-epoch initialisation
-# stage is the one method option the budget shortens, and only they have it)
+# stage is the one method option the budget shortens, and only they have it: `++` because Hydra
+# composes a multirun's base config, with the experiment's own method kd, before it sweeps)
 CRD_METHODS = "kd,fitnet,at,sp,cc,vid,rkd,pkt,nst,crd,dkd"
 CRD_INIT_STAGE_METHODS = "ab,ft,fsp"
 CRD_PAIRS = ("r56_r20", "r110_r32", "r32x4_r8x4", "wrn40_2_wrn16_2", "vgg13_vgg8")
@@ -70,7 +71,7 @@ def crd_pair_sweeps(pair: str, prefix: str = "") -> tuple[Sweep, ...]:
         Sweep(
             f"{prefix}init_stage",
             (experiment, f"method={CRD_INIT_STAGE_METHODS}"),
-            budget_overrides=("method.init_epochs=1",),
+            budget_overrides=("++method.init_epochs=1",),
         ),
     )
 

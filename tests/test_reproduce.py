@@ -38,24 +38,29 @@ def printed(setting: str, *flags: str) -> list[list[str]]:
     return [shlex.split(line) for line in buffer.getvalue().splitlines()]
 
 
-def members(line: list[str]) -> list[dict[str, str]]:
-    """Every member of one `hpmkd train -m` line as {key: value}, expanded as Hydra's sweeper
-    does (one value per swept key)."""
+def expand(line: list[str]) -> tuple[list[str], list[list[str]]]:
+    """One `hpmkd train -m` line as (its base: the unswept overrides, which Hydra's multirun
+    composes before it sweeps; every member's overrides, one value per swept key)."""
     assert line[:3] == ["hpmkd", "train", "-m"]
-    choices = []
+    base, choices = [], []
     for override in OverridesParser.create().parse_overrides(line[3:]):
-        key = override.get_key_element()
         if override.is_sweep_override():
-            choices.append([(key, value) for value in override.sweep_string_iterator()])
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
-            choices.append([(key, override.input_line.split("=", 1)[1])])
-    return [dict(member) for member in itertools.product(*choices)]
+            base.append(override.input_line)
+            choices.append([override.input_line])
+    return base, [list(member) for member in itertools.product(*choices)]
+
+
+def as_dict(overrides: list[str]) -> dict[str, str]:
+    return dict(o.lstrip("+").split("=", 1) for o in overrides)
 
 
 def train_members(setting: str, *flags: str) -> list[dict[str, str]]:
     lines = printed(setting, *flags)
     assert lines[-1][:2] == ["hpmkd", "report"]
-    return [member for line in lines[:-1] for member in members(line)]
+    return [as_dict(member) for line in lines[:-1] for member in expand(line)[1]]
 
 
 def _rows(setting: str) -> set[tuple[str, str]]:
@@ -108,17 +113,18 @@ def test_budget_version_is_the_same_sweeps_on_tiny_offline_settings(setting):
     assert "budget" in printed(setting, "--budget")[-1][-1]  # the report's title says so
 
 
-def distinct_members(every_member: bool) -> list[list[str]]:
-    """Distinct members over all settings and both versions, as overrides: every member, or the
-    first of each command line. Seed and output paths are left out: plain values, they cannot
-    change what composes."""
-    ignored = ("seed", "store.root", "hydra.sweep.dir")
+def distinct_overrides(every_member: bool) -> list[list[str]]:
+    """Distinct override lists over all settings and both versions: the base of every command
+    line, and with ``every_member`` every member too. Seed and output paths are left out: plain
+    values, they cannot change what composes."""
+    ignored = ("seed=", "store.root=", "hydra.sweep.dir=")
     found = set()
     for setting in reproduce.SETTINGS:
         for flags in ((), ("--budget",)):
             for line in printed(setting, *flags)[:-1]:
-                for member in members(line) if every_member else members(line)[:1]:
-                    found.add(tuple(f"{k}={v}" for k, v in member.items() if k not in ignored))
+                base, members = expand(line)
+                for overrides in [base, *members] if every_member else [base]:
+                    found.add(tuple(o for o in overrides if not o.startswith(ignored)))
     return [list(overrides) for overrides in sorted(found)]
 
 
@@ -136,12 +142,22 @@ def compose_and_validate(members: list[list[str]]) -> None:
 
 
 def test_every_printed_command_composes():
-    compose_and_validate(distinct_members(every_member=False))
+    """Each line's base composes, and every swept choice of a config group is an option of it;
+    the members themselves: the slow test below."""
+    compose_and_validate(distinct_overrides(every_member=False))
+    conf = config.config_dir()
+    for setting in reproduce.SETTINGS:
+        for line in printed(setting)[:-1]:
+            for override in OverridesParser.create().parse_overrides(line[3:]):
+                group = override.get_key_element()
+                if override.is_sweep_override() and (conf / group).is_dir():
+                    for choice in override.sweep_string_iterator():
+                        assert (conf / group / f"{choice}.yaml").is_file(), (group, choice)
 
 
 @pytest.mark.slow
 def test_every_printed_member_composes():
-    compose_and_validate(distinct_members(every_member=True))
+    compose_and_validate(distinct_overrides(every_member=True))
 
 
 def test_budget_images_are_a_class_balanced_subset(tmp_path, monkeypatch):
