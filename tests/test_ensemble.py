@@ -230,7 +230,7 @@ def test_batched_group_on_a_side_stream_matches_one_by_one_on_cuda():
     teachers = [t.cuda() for t in _image_teachers()]
     x = torch.randn(64, 3, 8, 8, device="cuda")
     ensemble = TeacherEnsemble(teachers)  # the batched group and the MLP on two streams
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         expected = torch.stack([t(x) for t in teachers], dim=1).mean(dim=1)
         for _ in range(2):
             assert torch.allclose(ensemble(x), expected, atol=1e-4)
