@@ -31,6 +31,7 @@ def build_results(
     config: dict[str, Any],
     seed: int,
     wall_time_s: float,
+    perf: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     fit = result.fit
     teacher = result.teacher
@@ -61,6 +62,7 @@ def build_results(
         "retention": fit.test_acc / teacher.test_acc if teacher and teacher.test_acc else None,
         "train_time_s": fit.train_time_s,
         "wall_time_s": wall_time_s,
+        "perf": perf,  # the performance switches as resolved on the device (conf/perf)
         "versions": versions(),
         "config": config,
     }

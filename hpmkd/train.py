@@ -178,6 +178,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict:
         config=config.to_container(cfg),
         seed=cfg.seed,
         wall_time_s=time.perf_counter() - start,
+        perf=ctx.perf.as_dict(),
     )
     if not is_global_zero():  # ranks started by torchrun/srun: rank 0 writes for all of them
         return results

@@ -1,8 +1,15 @@
-"""In-memory batches for Lightning: ``(x, y, sample_index)`` sliced straight from tensors."""
+"""In-memory batches for Lightning: ``(x, y, sample_index)`` sliced straight from tensors.
+
+With ``device_data`` the splits are copied to the training device once per fit (in ``setup``,
+so in each DDP worker onto its own device) and batches are indexed there: Lightning's transfer
+of the batch to the device is a no-op, and the only host-to-device copy of a step is the
+batch's sample indices.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import lightning as L
 import torch
@@ -25,7 +32,7 @@ class TensorSplit(Dataset):
         return self.x[i], self.y[i], torch.tensor(i)
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.x.device)
         return self.x[idx], self.y[idx], idx
 
 
@@ -37,11 +44,28 @@ class SplitsDataModule(L.LightningDataModule):
     """Train/val/test loaders over a ``DataSplits``; the sample index travels with each batch
     (caches and memory banks key on it)."""
 
-    def __init__(self, splits: DataSplits, batch_size: int, eval_batch_size: int) -> None:
+    def __init__(
+        self,
+        splits: DataSplits,
+        batch_size: int,
+        eval_batch_size: int,
+        device_data: bool = False,
+    ) -> None:
         super().__init__()
         self.splits = splits
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        self.device_data = device_data
+        self.held = splits  # the splits the loaders slice: on the host, or on the device
+
+    def with_batch_size(self, batch_size: int) -> SplitsDataModule:
+        """The same data module with another training batch size."""
+        return SplitsDataModule(self.splits, batch_size, self.eval_batch_size, self.device_data)
+
+    def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        if self.device_data and device is not None and device.type != "cpu":
+            self.held = on_device(self.held, device)
 
     def _loader(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -49,13 +73,21 @@ class SplitsDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        s = self.splits
+        s = self.held
         return self._loader(s.x_train, s.y_train, self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        s = self.splits
+        s = self.held
         return self._loader(s.x_val, s.y_val, self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        s = self.splits
+        s = self.held
         return self._loader(s.x_test, s.y_test, self.eval_batch_size, shuffle=False)
+
+
+def on_device(splits: DataSplits, device: torch.device) -> DataSplits:
+    """``splits`` with its six tensors on ``device`` (the same object if they already are)."""
+    if splits.x_train.device == device:
+        return splits
+    names = [f"{xy}_{split}" for split in ("train", "val", "test") for xy in ("x", "y")]
+    return replace(splits, **{name: getattr(splits, name).to(device) for name in names})

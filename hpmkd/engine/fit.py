@@ -167,7 +167,7 @@ def per_rank(datamodule: SplitsDataModule, world_size: int) -> SplitsDataModule:
             f"processes; use a multiple of {world_size}"
         )
     batch_size = datamodule.batch_size // world_size
-    return SplitsDataModule(datamodule.splits, batch_size, datamodule.eval_batch_size)
+    return datamodule.with_batch_size(batch_size)
 
 
 def fit(

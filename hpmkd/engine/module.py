@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from hpmkd.data.augment import BatchTransform
+from hpmkd.engine.perf import channels_last_input
 from hpmkd.engine.teacher_cache import CachedTeacher, ViewCache
 from hpmkd.methods.base import DistillMethod, ModelOutputs
 from hpmkd.models import FeatureTap
@@ -79,6 +80,7 @@ class DistillModule(L.LightningModule):
         teacher: nn.Module | None = None,
         init_stage: bool = False,
         teacher_cache: ViewCache | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if method.needs_teacher and teacher is None:
@@ -86,6 +88,7 @@ class DistillModule(L.LightningModule):
         self.student = student
         self.method = method
         self.transform = transform
+        self.channels_last = channels_last  # image batches in NHWC (conf/perf)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.init_stage = init_stage
@@ -137,9 +140,14 @@ class DistillModule(L.LightningModule):
         logits = self.student(x)
         return ModelOutputs(logits, dict(self.student_tap.features))
 
+    def memory_format(self, x: Tensor) -> Tensor:
+        """The transformed batch in the memory format the models run fastest in."""
+        return channels_last_input(x) if self.channels_last else x
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         x, y, index = batch
         x, view = self.transform.augment(x)
+        x = self.memory_format(x)
         teacher = self.teacher(x, index, view) if self.teacher is not None else None
         loss_fn = self.method.init_forward if self.init_stage else self.method
         losses = loss_fn(self.student_outputs(x), teacher, y, index)
@@ -179,7 +187,7 @@ class DistillModule(L.LightningModule):
 
     def _evaluate(self, batch: Batch, split: str) -> None:
         x, y, _ = batch
-        logits = self.student(self.transform(x, train=False))
+        logits = self.student(self.memory_format(self.transform(x, train=False)))
         acc = self.val_acc if split == "val" else self.test_acc
         acc5 = self.val_acc5 if split == "val" else self.test_acc5
         acc.update(logits, y)

@@ -36,7 +36,8 @@ def _row(results: dict, path: Path) -> dict:
         "wall_time_s": results["wall_time_s"],
         "forgetting_pct": _mean((results.get("details") or {}).get("forgetting_pct")),
         "path": str(path.parent),
-        "settings": flat_settings(results.get("config") or {}),
+        # the performance switches as they resolved, not as configured ("auto")
+        "settings": flat_settings((results.get("config") or {}) | _perf(results)),
         "curves": {
             "val_acc": results.get("val_acc_history") or [],
             **(results.get("curves") or {}),
@@ -60,6 +61,10 @@ def flat_settings(config: dict, prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = json.dumps(value, separators=(",", ":"))
     return flat
+
+
+def _perf(results: dict) -> dict:
+    return {"perf": results["perf"]} if results.get("perf") else {}
 
 
 def _mean(values: list[float] | None) -> float | None:

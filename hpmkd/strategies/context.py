@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,13 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.engine.ddp import is_global_zero, launched_rank
 from hpmkd.engine.fit import FitResult, fit, fit_init_stage, one_device
 from hpmkd.engine.module import DistillModule
+from hpmkd.engine.perf import (
+    CompiledForward,
+    PerfSwitches,
+    channels_last_model,
+    has_conv2d,
+    resolve_perf,
+)
 from hpmkd.engine.teacher_cache import (
     CacheCounts,
     ViewCache,
@@ -88,18 +96,27 @@ class RunContext:
         wants_gpu = self.cfg.trainer.accelerator in ("auto", "gpu", "cuda")
         return torch.device("cuda" if wants_gpu and torch.cuda.is_available() else "cpu")
 
+    @cached_property
+    def perf(self) -> PerfSwitches:
+        """The performance switches (``conf/perf``, ``trainer.precision``) for this device."""
+        precision = self.cfg.trainer.get("precision")
+        return resolve_perf(self.cfg.get("perf") or {}, precision, self.device)
+
     def build(self, model_cfg: Mapping[str, Any]) -> nn.Module:
         params = model_params(model_cfg)
-        return build_model(
+        model = build_model(
             model_cfg["arch"],
             num_classes=self.data.num_classes,
             input_shape=tuple(self.data.input_shape),
             **params,
         )
+        return channels_last_model(model) if self.perf.channels_last else model
 
     def datamodule(self) -> SplitsDataModule:
         recipe = self.cfg.recipe
-        return SplitsDataModule(self.data, recipe.batch_size, recipe.eval_batch_size)
+        return SplitsDataModule(
+            self.data, recipe.batch_size, recipe.eval_batch_size, self.perf.device_data
+        )
 
     def trainer_kwargs(self, *, nested: bool) -> dict[str, Any]:
         """The run's trainer settings, on one device where a fit must not use DDP.
@@ -110,6 +127,8 @@ class RunContext:
         the others wait, then reuse it from the store.
         """
         kwargs: dict[str, Any] = OmegaConf.to_container(self.cfg.trainer, resolve=True)  # type: ignore[assignment]
+        if "precision" in kwargs:
+            kwargs["precision"] = self.perf.precision  # `auto` resolved for the device
         if slot := os.environ.get(DEVICE_ENV):
             return one_device(kwargs, torch.device(slot))
         rank = launched_rank() if nested else None
@@ -160,6 +179,7 @@ class RunContext:
                 teacher=teacher,
                 init_stage=init_stage,
                 teacher_cache=None if init_stage else cache,
+                channels_last=self.perf.channels_last and has_conv2d(model),
             )
 
         if method.init_epochs and ckpt_path is None:
@@ -176,6 +196,8 @@ class RunContext:
             callbacks = [*callbacks, schedule]
         if counts is not None:
             callbacks = [*callbacks, counts]
+        if self.perf.compile:
+            callbacks = [*callbacks, CompiledForward(cuda_graphs=self.perf.cuda_graphs)]
         result = fit(
             module(init_stage=False),
             self.datamodule(),

@@ -38,7 +38,7 @@ def model_spec(ctx: RunContext, model_cfg: DictConfig) -> dict[str, Any]:
         "input_shape": list(ctx.data.input_shape),
         "data": ctx.data.fingerprint(),
         "recipe": OmegaConf.to_container(ctx.cfg.recipe, resolve=True),
-        "precision": str(ctx.cfg.trainer.get("precision")),
+        "precision": ctx.perf.precision,
         "seed": model_seed(ctx, model_cfg),
     }
 
