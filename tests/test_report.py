@@ -2,6 +2,7 @@ import csv
 import json
 import statistics
 
+import pandas as pd
 import pytest
 
 from hpmkd.report import collect_results, summarise
@@ -196,3 +197,21 @@ def test_plain_runs_of_a_compression_scan_take_the_ratio_of_their_student_size(t
     assert ratios["plain/100"] == ratios["kd/100"] == 10.0
     assert ratios["plain/50"] == ratios["kd/50"] == 20.0
     assert ratios["plain/7"] != ratios["plain/7"]  # no distilled run of that size: NaN
+
+
+def test_configurations_keep_the_order_of_the_sweep_members(tmp_path):
+    for member, strategy in ((10, "kd"), (2, "plain"), (1, "takd")):
+        _write(tmp_path, str(member), strategy=strategy, method="x", seed=0, test_acc=80.0)
+    assert list(summarise(collect_results([tmp_path]))["strategy"]) == ["takd", "plain", "kd"]
+
+
+def test_figure_labels_show_a_scanned_setting_in_every_row():
+    from hpmkd.report.plots import configuration_labels
+
+    scan = pd.DataFrame({
+        "strategy": ["kd"] * 3, "method": ["kd"] * 3,
+        "variant": [f"student.target_ratio={r}" for r in (5, 10, 20)],
+    })  # fmt: skip
+    assert configuration_labels(scan) == [f"kd [target_ratio={r}]" for r in (5, 10, 20)]
+    ablation = scan.assign(variant=["a.acm=true", "a.acm=true", "a.acm=false"])
+    assert configuration_labels(ablation) == ["kd", "kd", "kd [acm=false]"]

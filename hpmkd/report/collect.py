@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -71,6 +72,11 @@ def _mean(values: list[float] | None) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _natural(path: Path) -> list[str | int]:
+    """Sort key that puts sweep member ``2`` before ``10``: the order Hydra launched them."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
 def collect_results(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """One row per completed run found below ``dirs`` (any depth)."""
     rows = []
@@ -78,7 +84,7 @@ def collect_results(dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
         root = Path(directory)
         if not root.exists():
             raise UserError(f"no such directory: {root}")
-        for path in sorted(root.rglob("results.json")):
+        for path in sorted(root.rglob("results.json"), key=_natural):
             results = json.loads(path.read_text())
             if results.get("status") == "completed":
                 rows.append(_row(results, path))
@@ -101,7 +107,7 @@ def collect_failures(dirs: Iterable[str | os.PathLike]) -> list[dict]:
         for path in Path(directory).rglob(marker)
     }
     failures = []
-    for run_dir in sorted(run_dirs):
+    for run_dir in sorted(run_dirs, key=_natural):
         results, failure = run_dir / "results.json", run_dir / "failure.json"
         if results.is_file():
             status = json.loads(results.read_text()).get("status")
