@@ -20,7 +20,13 @@ from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
 from hpmkd.engine import perf
 from hpmkd.engine.module import DistillModule, FrozenTeacher
-from hpmkd.engine.perf import CompiledForward, PerfSwitches, has_conv2d, resolve_perf
+from hpmkd.engine.perf import (
+    CompiledForward,
+    PerfSwitches,
+    compile_targets,
+    has_conv2d,
+    resolve_perf,
+)
 from hpmkd.errors import UserError
 from hpmkd.methods import build_method
 from hpmkd.methods.base import ModelOutputs
@@ -238,6 +244,8 @@ def test_compiled_forward_for_one_fit_then_restored(monkeypatch):
     assert list(student.state_dict()) == keys
     callback.teardown(None, module, "fit")  # type: ignore[arg-type]
     assert "forward" not in vars(student) and "forward" not in vars(teacher)
+    cached = SimpleNamespace(teacher=FrozenTeacher(teacher))  # the prediction cache's misses
+    assert compile_targets(SimpleNamespace(student=student, teacher=cached)) == [student, teacher]  # type: ignore[arg-type]
     ensemble = TeacherEnsemble([teacher])  # runs its teachers on threads or streams: not compiled
     callback.setup(None, SimpleNamespace(student=student, teacher=FrozenTeacher(ensemble)), "fit")  # type: ignore[arg-type]
     assert "forward" not in vars(ensemble) and len(calls) == 3

@@ -136,8 +136,11 @@ class CompiledForward(Callback):
 
 
 def compile_targets(pl_module: L.LightningModule) -> list[nn.Module]:
-    """The student, and the online teacher when it is one model."""
-    teacher = getattr(getattr(pl_module, "teacher", None), "model", None)
+    """The student, and the online teacher when it is one model (behind the prediction cache
+    too: a ``CachedTeacher`` holds the ``FrozenTeacher`` that computes its misses)."""
+    holder = getattr(pl_module, "teacher", None)
+    holder = getattr(holder, "teacher", holder)
+    teacher = getattr(holder, "model", None)
     targets = [pl_module.student]  # type: ignore[attr-defined]
     if isinstance(teacher, nn.Module) and not isinstance(teacher, TeacherEnsemble):
         targets.append(teacher)
