@@ -153,7 +153,7 @@ def _store_table(artifacts: ArtifactStore) -> Table:
     items = artifacts.list()
     table = Table(title=f"hpmkd store: {len(items)} artifacts", caption=str(artifacts.root))
     for column in ("key", "role", "arch", "seed", "val acc %", "test acc %", "MB"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in ("key", "role"))
     for artifact in items:
         meta = artifact.meta
         table.add_row(

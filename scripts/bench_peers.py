@@ -16,7 +16,8 @@ Setups:
                 draws (a later run, or the later epochs of a long run, with the same teacher and
                 data); hpmkd-cold is the run that filled it (every lookup a miss).
 
-Data: the CIFAR-10 JPEG folder of ../shared/data when present, else generated JPEGs.
+Data: a 5,000-image subset of the CIFAR-10 JPEG folder of ../shared/data when present, else
+generated JPEGs (the per-step cost does not depend on how many images there are).
 Before timing, the loss of hpmkd and of the plain loop on one fixed batch are compared.
 
     uv run --group bench python scripts/bench_peers.py            # 10 + 60 steps, median of 3
@@ -36,10 +37,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from hpmkd.data.splits import DataSplits
+    from hpmkd.engine.module import DistillModule
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "CIFAR-10-images.tar.gz"
@@ -54,25 +60,39 @@ HPMKD = ("hpmkd-online", "hpmkd-cold", "hpmkd-cached")
 
 
 def image_folder(cache: Path, images: int) -> Path:
-    """The CIFAR-10 JPEG folder (unpacked once into ``cache``) or ``images`` generated JPEGs."""
-    if SHARED_CIFAR.is_file():
-        root = cache / "CIFAR-10-images"
-        if not (root / "train").is_dir():
-            with tarfile.open(SHARED_CIFAR) as archive:  # train/ and test/ at its top
-                archive.extractall(root, filter="data")
+    """A folder of ``images`` training images (and a tenth as many test images), 10 classes:
+    linked from the CIFAR-10 JPEG copy (unpacked once into ``cache``) when it is there, else
+    generated JPEGs. Kept in ``cache``, so hpmkd's decoded copy of it is reused too."""
+    root = cache / f"{'cifar10-jpeg' if SHARED_CIFAR.is_file() else 'synthetic'}-{images}"
+    if (root / "test").is_dir():
         return root
+    if SHARED_CIFAR.is_file():
+        full = cache / "CIFAR-10-images"
+        if not (full / "train").is_dir():
+            with tarfile.open(SHARED_CIFAR) as archive:  # train/ and test/ at its top
+                archive.extractall(full, filter="data")
+        return subset_folder(full, root, images)
     from PIL import Image
 
-    root = cache / f"synthetic-{images}"
-    if not (root / "test").is_dir():
-        g = torch.Generator().manual_seed(0)
-        for split, count in (("train", images), ("test", 100)):
-            for i in range(count):
-                folder = root / split / f"class{i % 10}"
-                folder.mkdir(parents=True, exist_ok=True)
-                pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=g)
-                Image.fromarray(pixels.numpy()).save(folder / f"{i:05d}.jpg", quality=75)
+    g = torch.Generator().manual_seed(0)
+    for split, count in (("train", images), ("test", max(10, images // 10))):
+        for i in range(count):
+            folder = root / split / f"class{i % 10}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=g)
+            Image.fromarray(pixels.numpy()).save(folder / f"{i:05d}.jpg", quality=75)
     return root
+
+
+def subset_folder(source: Path, target: Path, train_images: int) -> Path:
+    """The first ``train_images / 10`` training images of each of the 10 classes of ``source``
+    (and a tenth as many test images), linked into ``target``."""
+    for split, per_class in (("train", train_images // 10), ("test", max(1, train_images // 100))):
+        for class_dir in sorted(p for p in (source / split).iterdir() if p.is_dir()):
+            (target / split / class_dir.name).mkdir(parents=True, exist_ok=True)
+            for image in sorted(class_dir.iterdir())[:per_class]:
+                (target / split / class_dir.name / image.name).symlink_to(image)
+    return target
 
 
 def models(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
@@ -216,9 +236,113 @@ def endless(loader: torch.utils.data.DataLoader) -> Iterator:
         yield from loader
 
 
+# ---------------------------------------------------------------------------------------------
+# hpmkd
+
+
+def hpmkd_data(root: Path) -> DataSplits:
+    """The folder through hpmkd's image-folder source: decoded once into a uint8 tensor."""
+    from hpmkd.data import load_data
+
+    return load_data({
+        "name": "image_folder", "root": str(root), "val_fraction": 0.0, "split_seed": 0,
+        "normalize": {"mean": CIFAR_MEAN, "std": CIFAR_STD},
+        "augment": {"crop_padding": 4, "flip": True},
+    })  # fmt: skip
+
+
+def hpmkd_module(
+    args: argparse.Namespace, data: DataSplits, store: Path | None, *, augment: bool = True
+) -> DistillModule:
+    """hpmkd's KD module as `hpmkd train +strategy=kd` builds it; ``store``: the prediction
+    cache in that artifact store (None: the online teacher)."""
+    from hpmkd.data.augment import BatchTransform
+    from hpmkd.engine.module import DistillModule
+    from hpmkd.engine.perf import channels_last_model
+    from hpmkd.engine.teacher_cache import open_view_cache, weights_digest
+    from hpmkd.methods import build_method
+    from hpmkd.store import ArtifactStore
+
+    teacher, student = models(args)
+    if args.channels_last:
+        teacher, student = channels_last_model(teacher), channels_last_model(student)
+    transform = BatchTransform(
+        is_image=True, mean=CIFAR_MEAN, std=CIFAR_STD, crop_padding=4 if augment else 0,
+        flip=augment,
+    )  # fmt: skip
+    cache = None
+    if store is not None:
+        spec = {"teacher": weights_digest(teacher), "data": data.fingerprint(), **transform.spec}
+        cache = open_view_cache(
+            ArtifactStore(store), spec, samples=len(data.y_train), views=transform.views,
+            classes=data.num_classes,
+        )  # fmt: skip
+    return DistillModule(
+        student=student, method=build_method({"name": "kd"}), transform=transform,
+        num_classes=data.num_classes, optimizer=sgd, teacher=teacher, teacher_cache=cache,
+        channels_last=args.channels_last,
+    )  # fmt: skip
+
+
+def run_hpmkd(args: argparse.Namespace, root: Path, store: Path | None) -> float:
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from hpmkd.data.loader import SplitsDataModule
+    from hpmkd.engine.fit import make_trainer, quiet_lightning
+
+    quiet_lightning()
+    data = hpmkd_data(root)
+    L.seed_everything(0, verbose=False)  # the cold and the cached run draw the same batches
+    module = hpmkd_module(args, data, store)
+    timer = Timer(args.warmup)
+
+    class Tick(Callback):
+        def on_train_batch_start(self, *_: object) -> None:
+            timer.tick()
+
+        def on_train_end(self, *_: object) -> None:
+            timer.tick()
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer, _ = make_trainer(
+            out_dir=Path(out), epochs=1, has_val=False, callbacks=[Tick()],
+            trainer_kwargs={
+                "accelerator": "cpu", "devices": 1, "enable_model_summary": False,
+                "limit_train_batches": args.warmup + args.steps, "log_every_n_steps": 50,
+            },
+        )  # fmt: skip
+        trainer.fit(module, datamodule=SplitsDataModule(data, args.batch_size, 512))
+    return timer.images_per_s(args.steps, args.batch_size)
+
+
+def check_same_loss(args: argparse.Namespace, root: Path, store: Path) -> float:
+    """hpmkd's training-step loss on one fixed batch (online, then a cache miss, then a cache
+    hit) against the plain loop's formula; returns the largest relative difference."""
+    data = hpmkd_data(root)
+    x, y = data.x_train[: args.batch_size], data.y_train[: args.batch_size]
+    batch = (x, y, torch.arange(len(y)))
+    online = hpmkd_module(args, data, None, augment=False)
+    cached = hpmkd_module(args, data, store, augment=False)
+    teacher, student = models(args)
+    teacher.eval()
+    normalised = online.transform(x, train=False)
+    with torch.no_grad():
+        reference = kd_loss(student(normalised), teacher(normalised), y)
+        losses = [online.training_step(batch, 0)]
+        losses += [cached.training_step(batch, 0) for _ in range(2)]  # miss, then hit
+    worst = max(float(abs(loss - reference) / reference) for loss in losses)
+    if worst > 1e-3:  # fp16 storage of the cached logits; online agrees to float rounding
+        raise SystemExit(f"loss mismatch: hpmkd {[float(v) for v in losses]} vs {float(reference)}")
+    return worst
+
+
 SETUPS: dict[str, Callable[[argparse.Namespace, Path, Path], float]] = {
     "plain": run_plain,
     "torchdistill": run_torchdistill,
+    "hpmkd-online": lambda args, root, store: run_hpmkd(args, root, None),
+    "hpmkd-cold": run_hpmkd,  # fills this repeat's cache
+    "hpmkd-cached": run_hpmkd,  # the same draws again: every lookup a hit
 }
 
 
@@ -248,7 +372,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--images", type=int, default=5000, help="generated images (no CIFAR)")
+    parser.add_argument("--images", type=int, default=5000, help="training images")
     parser.add_argument("--peer-workers", type=int, default=0, help="DataLoader workers of peers")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument("--quick", action="store_true", help="fewer steps, one repeat (<1 min)")
@@ -273,6 +397,9 @@ def report(args: argparse.Namespace) -> None:
     cache = Path(os.environ.get("HPMKD_CACHE", Path.home() / ".cache" / "hpmkd")) / "bench"
     cache.mkdir(parents=True, exist_ok=True)
     root = image_folder(cache, args.images)
+    with tempfile.TemporaryDirectory() as store:
+        worst = check_same_loss(args, root, Path(store))
+    console.log(f"same loss on a fixed batch: hpmkd vs plain loop, max rel. diff {worst:.1e}")
     rates: dict[str, list[float]] = {name: [] for name in SETUPS}
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory() as store:  # each repeat fills its own cache

@@ -33,22 +33,13 @@ from bench_peers import ROOT, image_folder
 from hpmkd.models import build_model
 
 
-def subset_folder(source: Path, target: Path, train_images: int) -> Path:
-    """The first ``train_images`` / 10 training images of each class (and a tenth as many test
-    images), linked from ``source``."""
-    for split, per_class in (("train", train_images // 10), ("test", max(1, train_images // 100))):
-        for class_dir in sorted(p for p in (source / split).iterdir() if p.is_dir()):
-            (target / split / class_dir.name).mkdir(parents=True, exist_ok=True)
-            for image in sorted(class_dir.iterdir())[:per_class]:
-                (target / split / class_dir.name / image.name).symlink_to(image)
-    return target
-
-
-def sweep(args: argparse.Namespace, work: Path, cached: bool) -> tuple[float, list[dict]]:
+def sweep(
+    args: argparse.Namespace, images: Path, work: Path, cached: bool
+) -> tuple[float, list[dict]]:
     """Wall time of one `hpmkd train -m` sweep process, and its members' results."""
     out = work / ("cached" if cached else "online")
     overrides = [
-        "+strategy=kd", "data=image_folder", f"data.root={work / 'images'}",
+        "+strategy=kd", "data=image_folder", f"data.root={images}",
         f"teacher={args.teacher}", f"teacher.checkpoint={work / 'teacher.pt'}",
         f"student={args.student}", "recipe=crd_cifar100", f"recipe.epochs={args.epochs}",
         f"method={','.join(args.methods)}", f"seed={','.join(map(str, range(args.seeds)))}",
@@ -101,13 +92,13 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        subset_folder(image_folder(cache, max(args.images, 1000)), work / "images", args.images)
+        images = image_folder(cache, args.images)
         torch.manual_seed(0)
         teacher = build_model(args.teacher, num_classes=10, input_shape=(3, 32, 32))
         torch.save(teacher.state_dict(), work / "teacher.pt")
-        online_s, _ = sweep(args, work, cached=False)
+        online_s, _ = sweep(args, images, work, cached=False)
         console.log(f"online teacher: {online_s:.1f} s")
-        cached_s, members = sweep(args, work, cached=True)
+        cached_s, members = sweep(args, images, work, cached=True)
         console.log(f"prediction cache: {cached_s:.1f} s")
     ran, served = teacher_forwards(members)
     table = Table(

@@ -52,9 +52,9 @@ def test_kd_trains_teacher_once_then_reuses_it(run_cli):
     assert a["val_acc_history"] == b["val_acc_history"]
     assert b["compression_ratio"] == pytest.approx(b["teacher"]["params"] / b["student"]["params"])
     listing = run_cli("store", "ls")
-    # the teacher and its training-set predictions (the prediction cache)
+    # the teacher and its prediction cache
     assert listing.code == 0 and "2 artifacts" in listing.out and "mlp_large" in listing.out
-    assert "predictions" in listing.out
+    assert "teacher_cache" in listing.out
 
 
 def test_teacher_from_explicit_checkpoint(run_cli, tmp_path):

@@ -230,7 +230,7 @@ class RunContext:
             "weights": weights_digest(teacher),
             "data": self.data.fingerprint(),
             "transform": transform.spec,
-            "precision": str(self.cfg.trainer.get("precision")),
+            "precision": self.perf.precision,
         }
         return open_view_cache(
             self.store, spec, samples=len(self.data.y_train), views=transform.views,
