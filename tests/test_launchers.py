@@ -110,3 +110,24 @@ def test_parallel_sweep_runs_members_at_once_and_survives_a_failing_one(run_cli,
     assert not (sweep / "1" / "results.json").exists()
     failure = json.loads((sweep / "1" / "failure.json").read_text())
     assert failure["status"] == "failed" and "recipe.epochs" in failure["error"]
+
+
+@pytest.mark.slow
+def test_parallel_rerun_starts_no_process_for_complete_members(run_cli, tmp_path):
+    common = (
+        "train", "-m", "hydra/launcher=parallel", "hydra.launcher.workers=2",
+        "hydra.launcher.threads_per_worker=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY,
+    )  # fmt: skip
+    first = run_cli(*common, "recipe.epochs=1,0,2")  # member 1 is a user error
+    assert first.code == 2
+    before = {n: (tmp_path / "sweep" / n / "results.json").stat().st_mtime_ns for n in "02"}
+    again = run_cli(*common, "recipe.epochs=1,0,2")
+    assert again.code == 2  # the failed member runs (and fails) again
+    log = again.out + again.err
+    assert "#0 complete already, not started" in log and "#2 complete already" in log
+    assert "#1 complete already" not in log and "#1 failed" in log
+    after = {n: (tmp_path / "sweep" / n / "results.json").stat().st_mtime_ns for n in "02"}
+    assert after == before
+    changed = run_cli(*common, "recipe.epochs=1,0,3")  # another config in member 2's dir
+    assert "#2 complete already" not in changed.out + changed.err
+    assert json.loads((tmp_path / "sweep" / "2" / "results.json").read_text())["epochs"] == 3

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
     JobReturn,
     JobRuntime,
@@ -16,10 +17,11 @@ from hydra.core.utils import (
     filter_overrides,
     setup_globals,
 )
-from omegaconf import ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from hpmkd.errors import UserError
 from hpmkd.parallel import Job, JobResult, run_jobs
+from hpmkd.train import completed_results, run_key
 from hydra_plugins.hpmkd_parallel_launcher._member import run_member
 from hydra_plugins.hpmkd_parallel_launcher.parallel_launcher import ParallelLauncher
 
@@ -48,6 +50,12 @@ def launch(
         with open_dict(member):
             member.hydra.job.id = idx
             member.hydra.job.num = idx
+        done = _complete_already(member)
+        if done is not None:
+            returns[idx] = JobReturn(
+                overrides=overrides, status=JobStatus.COMPLETED, _return_value=done
+            )
+            continue
         devices = OmegaConf.select(member, "trainer.devices")
         if not _one_device(devices):
             message = (
@@ -73,6 +81,25 @@ def launch(
         else:  # the child died or its JobReturn could not come back
             returns[idx] = _failed(overrides, RuntimeError(f"sweep member #{idx}: {result.error}"))
     return [returns[idx] for idx in sorted(returns)]
+
+
+def _complete_already(member: DictConfig) -> dict | None:
+    """The results of a member whose directory already holds complete results of its
+    configuration (``skip_complete``), checked here: starting a process only for the member to
+    find that out costs more than a short member's whole training."""
+    if not member.get("skip_complete", True):
+        return None
+    out_dir = Path(str(member.hydra.sweep.dir)) / str(member.hydra.sweep.subdir)
+    with open_dict(member):
+        member.hydra.runtime.output_dir = str(out_dir.absolute())
+    HydraConfig.instance().set_config(member)  # `${hydra:...}` in the job's own settings
+    job = member.copy()
+    with open_dict(job):
+        del job["hydra"]  # as the job sees its config (Hydra's run_job drops it)
+    done = completed_results(out_dir, run_key(job))
+    if done is not None:
+        log.info("#%s complete already, not started: %s", member.hydra.job.num, out_dir)
+    return done
 
 
 def _one_device(devices: Any) -> bool:
