@@ -89,7 +89,10 @@ def hpmkd_sweeps(preset: str) -> tuple[Sweep, ...]:
 SMSKD_SWEEPS = (
     Sweep("ce", ("experiment=crd_cifar100/r56_r20", "strategy=plain")),
     Sweep("single", ("experiment=crd_cifar100/r56_r20", "method=fitnet,kd,at")),
-    Sweep("aggregate", ("experiment=smskd_cifar100", "strategy=aggregate")),
+    Sweep(
+        "aggregate",
+        ("experiment=crd_cifar100/r56_r20", "strategy=aggregate", "strategy.methods=[fitnet,kd]"),
+    ),
     Sweep(
         "two_stage",
         (

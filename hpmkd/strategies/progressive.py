@@ -71,7 +71,8 @@ def build_chain(
     top_params = max(record.params for _, record in teachers)
     members = family_members(
         student_cfg.arch,
-        OmegaConf.to_container(student_cfg.params or {}),  # type: ignore[arg-type]
+        # a model without parameters has params {}: a DictConfig, but falsy
+        OmegaConf.to_container(student_cfg.params) if student_cfg.params else {},  # type: ignore[arg-type]
         num_classes=ctx.data.num_classes,
         input_shape=ctx.data.input_shape,
     )
