@@ -9,9 +9,9 @@
 # teacher.checkpoint to null and trains or reuses the stored teacher). It fails at run time,
 # leaves failure.json, the other 35 finish, and the report lists it as failed.
 #
-# Run it again with the same output dir: complete members are skipped (skip_complete), only the
-# broken member runs (and fails) again. The parallel launcher still starts a process per member
-# for that; `LAUNCHER= scripts/sweep_demo.sh` re-runs with Hydra's basic launcher, in one process.
+# Run it again with the same output dir: complete members are skipped (skip_complete; the parallel
+# launcher starts no process for them), only the broken member runs (and fails) again.
+# `LAUNCHER= scripts/sweep_demo.sh` runs it with Hydra's basic launcher, in one process.
 #
 #   scripts/sweep_demo.sh [OUT]      # OUT: sweep and artifact store (default outputs/sweep_demo)
 set -uo pipefail
