@@ -24,6 +24,7 @@ from hpmkd.models.family import family_members, member_at_ratio
 from hpmkd.results import RESULTS_FILE, build_results, print_summary, write_results
 from hpmkd.store import ArtifactStore, content_key
 from hpmkd.strategies import RunContext, run_strategy
+from hpmkd.strategies.context import model_params
 from hpmkd.strategies.multi_teacher import teacher_configs
 
 log = logging.getLogger("hpmkd")
@@ -84,11 +85,11 @@ def student_at_ratio(cfg: DictConfig, data: DataSplits) -> None:
     """Replace the student by the member of its family at ``student.target_ratio`` (in place)."""
     shape = {"num_classes": data.num_classes, "input_shape": data.input_shape}
     teacher_params = max(
-        count_parameters(build_model(t.arch, **shape, **(t.params or {})))
+        count_parameters(build_model(t.arch, **shape, **model_params(t)))
         for t in teacher_configs(cfg)
     )
     student = cfg.student
-    members = family_members(student.arch, OmegaConf.to_container(student.params or {}), **shape)  # type: ignore[arg-type]
+    members = family_members(student.arch, model_params(student), **shape)
     member, ratio = member_at_ratio(members, teacher_params, float(student.target_ratio))
     log.info(
         "student for target ratio %g: %s, %s parameters (ratio %.1f)",

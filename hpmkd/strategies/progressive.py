@@ -31,7 +31,13 @@ from hpmkd.hpm.chain import ChainRow, chain_table, next_member, save_chain
 from hpmkd.io import write_atomic
 from hpmkd.models import count_parameters
 from hpmkd.models.family import Member, family_members
-from hpmkd.strategies.context import STUDENT_FILE, ModelRecord, RunContext, StrategyResult
+from hpmkd.strategies.context import (
+    STUDENT_FILE,
+    ModelRecord,
+    RunContext,
+    StrategyResult,
+    model_params,
+)
 from hpmkd.strategies.teacher import obtain_model, obtain_teacher
 
 log = logging.getLogger("hpmkd")
@@ -71,8 +77,7 @@ def build_chain(
     top_params = max(record.params for _, record in teachers)
     members = family_members(
         student_cfg.arch,
-        # a model without parameters has params {}: a DictConfig, but falsy
-        OmegaConf.to_container(student_cfg.params) if student_cfg.params else {},  # type: ignore[arg-type]
+        model_params(student_cfg),
         num_classes=ctx.data.num_classes,
         input_shape=ctx.data.input_shape,
     )
