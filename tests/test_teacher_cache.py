@@ -150,9 +150,11 @@ def _context(tmp_path, teacher_cache: bool):
         num_classes=CLASSES, class_names=list("abcde"), input_shape=SHAPE, is_image=True,
         mean=(0.4, 0.6), std=(0.2, 0.3), augment={"crop_padding": PAD, "flip": True},
     )  # fmt: skip
-    cfg = OmegaConf.create(
-        {"teacher_cache": teacher_cache, "recipe": {"augment": True}, "trainer": {}}
-    )
+    cfg = OmegaConf.create({
+        "teacher_cache": teacher_cache,
+        "recipe": {"augment": True},
+        "trainer": {"accelerator": "cpu", "precision": "32-true"},
+    })  # fmt: skip
     return RunContext(cfg=cfg, out_dir=tmp_path, data=data, store=ArtifactStore(tmp_path / "s"))
 
 
