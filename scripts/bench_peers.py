@@ -11,7 +11,10 @@ Setups:
                 ImageFolder + DataLoader with PIL transforms, teacher forward every step.
 - torchdistill: torchdistill (PyPI) DistillationBox with its KDLoss, same loader and models.
 - hpmkd-online: hpmkd's training path (DistillModule + the Trainer `hpmkd train` builds), the
-                teacher run every step (`teacher_cache=false`).
+                teacher run every step (`teacher_cache=false`), at the precision `hpmkd train`
+                resolves by default on this machine (`--precision auto`: bf16-mixed for conv
+                nets on a CPU with AMX, fp32 on other CPUs).
+- hpmkd-online-fp32: the same in fp32, whatever the machine (the peers' precision).
 - hpmkd-cached: the same with the teacher prediction cache already holding the views this run
                 draws (a later run, or the later epochs of a long run, with the same teacher and
                 data); hpmkd-cold is the run that filled it (every lookup a miss).
@@ -52,7 +55,7 @@ SHARED_CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "CIFAR-10-imag
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 TEMPERATURE, CE_WEIGHT, KD_WEIGHT = 4.0, 0.1, 0.9
 PEERS = ("plain", "torchdistill")
-HPMKD = ("hpmkd-online", "hpmkd-cold", "hpmkd-cached")
+HPMKD = ("hpmkd-online-fp32", "hpmkd-online", "hpmkd-cold", "hpmkd-cached")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +275,10 @@ def hpmkd_module(
     )  # fmt: skip
     cache = None
     if store is not None:
-        spec = {"teacher": weights_digest(teacher), "data": data.fingerprint(), **transform.spec}
+        spec = {
+            "teacher": weights_digest(teacher), "data": data.fingerprint(), **transform.spec,
+            "precision": args.precision,
+        }  # fmt: skip
         cache = open_view_cache(
             ArtifactStore(store), spec, samples=len(data.y_train), views=transform.views,
             classes=data.num_classes,
@@ -284,7 +290,9 @@ def hpmkd_module(
     )  # fmt: skip
 
 
-def run_hpmkd(args: argparse.Namespace, root: Path, store: Path | None) -> float:
+def run_hpmkd(
+    args: argparse.Namespace, root: Path, store: Path | None, precision: str | None = None
+) -> float:
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
@@ -309,6 +317,7 @@ def run_hpmkd(args: argparse.Namespace, root: Path, store: Path | None) -> float
             out_dir=Path(out), epochs=1, has_val=False, callbacks=[Tick()],
             trainer_kwargs={
                 "accelerator": "cpu", "devices": 1, "enable_model_summary": False,
+                "precision": precision or args.precision,
                 "limit_train_batches": args.warmup + args.steps, "log_every_n_steps": 50,
             },
         )  # fmt: skip
@@ -340,6 +349,7 @@ def check_same_loss(args: argparse.Namespace, root: Path, store: Path) -> float:
 SETUPS: dict[str, Callable[[argparse.Namespace, Path, Path], float]] = {
     "plain": run_plain,
     "torchdistill": run_torchdistill,
+    "hpmkd-online-fp32": lambda args, root, store: run_hpmkd(args, root, None, "32-true"),
     "hpmkd-online": lambda args, root, store: run_hpmkd(args, root, None),
     "hpmkd-cold": run_hpmkd,  # fills this repeat's cache
     "hpmkd-cached": run_hpmkd,  # the same draws again: every lookup a hit
@@ -376,6 +386,9 @@ def main() -> None:
     parser.add_argument("--peer-workers", type=int, default=0, help="DataLoader workers of peers")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     parser.add_argument(
+        "--precision", default="auto", help="hpmkd's trainer.precision (auto: as `hpmkd train`)"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="fewer steps, one repeat, one process (<1 min)"
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -384,6 +397,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.warmup, args.steps, args.repeats = 3, 15, 1
+    from hpmkd.engine.perf import resolve_perf
+
+    args.precision = resolve_perf({}, args.precision, torch.device("cpu"), conv=True).precision
     if args.one:
         rate = SETUPS[args.one](args, Path(args.root), Path(args.store))
         print(json.dumps({"images_per_s": rate}))
@@ -416,7 +432,7 @@ def report(args: argparse.Namespace) -> None:
     table = Table(
         title=f"KD {args.teacher} -> {args.student}, batch {args.batch_size}, {args.steps} "
         f"timed steps, median of {args.repeats}, {torch.get_num_threads()} threads, "
-        f"channels_last={args.channels_last}, data: {root.name}"
+        f"channels_last={args.channels_last}, hpmkd precision {args.precision}, data: {root.name}"
     )
     for column in ("setup", "img/s", f"/ {faster_peer}"):
         table.add_column(column, justify="right")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from hpmkd.engine import perf
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # Tiny settings for end-to-end runs: seconds, not minutes. Numbers are never compared with papers.
@@ -26,6 +28,13 @@ class CliRun:
     def results(self) -> list[dict]:
         found = sorted(self.outputs.rglob("results.json"), key=os.path.getmtime)
         return [json.loads(p.read_text()) for p in found]
+
+
+@pytest.fixture(autouse=True)
+def fp32_on_every_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``precision=auto`` resolves as on a CPU without AMX, so a test's numbers do not depend on
+    the machine; tests of the bf16 path switch it on themselves."""
+    monkeypatch.setattr(perf, "cpu_bf16", lambda: False)
 
 
 @pytest.fixture

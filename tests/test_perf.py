@@ -81,6 +81,25 @@ def test_auto_turns_on_what_pays_on_each_device(monkeypatch, bf16):
     )
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_on_the_cpu_is_bf16_for_conv_nets_with_amx(monkeypatch, amx):
+    monkeypatch.setattr(perf, "cpu_bf16", lambda: amx)
+    conv = resolve_perf(AUTO, "auto", CPU, conv=True)
+    assert conv.precision == ("bf16-mixed" if amx else "32-true")
+    assert resolve_perf(AUTO, "auto", CPU, conv=False).precision == "32-true"  # MLPs gain nothing
+    assert resolve_perf(AUTO, "32-true", CPU, conv=True).precision == "32-true"  # explicit wins
+
+
+def test_cpu_bf16_reads_the_cpus_amx_support(monkeypatch):
+    monkeypatch.undo()  # the suite pins it to False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert perf.cpu_bf16()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not perf.cpu_bf16()
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert not perf.cpu_bf16()
+
+
 def test_explicit_switches_win_and_bad_values_are_user_errors(caplog):
     off = {"channels_last": False, "device_data": False, "compile": True, "cuda_graphs": False}
     assert resolve_perf(off, "16-mixed", CUDA) == PerfSwitches(
@@ -120,6 +139,15 @@ def test_run_context_resolves_precision_for_the_trainer(tmp_path):
     assert ctx.perf == PerfSwitches(device="cpu", precision="32-true", channels_last=True)
     assert ctx.trainer_kwargs(nested=False)["precision"] == "32-true"
     assert not ctx.datamodule().device_data
+
+
+@pytest.mark.parametrize(("arch", "precision"), [("resnet8", "bf16-mixed"), ("mlp_small", "32-true")])
+def test_run_context_asks_whether_the_student_is_a_conv_net(tmp_path, monkeypatch, arch, precision):
+    monkeypatch.setattr(perf, "cpu_bf16", lambda: True)
+    ctx = _context(tmp_path)
+    ctx.cfg.student = {"arch": arch}
+    assert ctx.perf.precision == precision
+    assert ctx.trainer_kwargs(nested=False)["precision"] == precision
 
 
 # --- channels_last -----------------------------------------------------------------------------
@@ -274,3 +302,15 @@ def test_kd_with_channels_last_on_tiny_images_records_the_switches(run_cli):
     state = torch.load(next(run.outputs.rglob("student.pt")), weights_only=True)
     student.load_state_dict(state)
     assert all(p.is_contiguous() for p in student.parameters())
+
+
+@pytest.mark.slow
+def test_kd_in_bf16_on_a_cpu_with_amx(run_cli, monkeypatch):
+    """Where the CPU has AMX, a conv-net run trains under bf16 autocast; works on any CPU."""
+    monkeypatch.setattr(perf, "cpu_bf16", lambda: True)
+    run = run_cli("train", *TINY, "+strategy=kd", "teacher=resnet8", "student=resnet8")
+    assert run.code == 0, run.err
+    (results,) = run.results()
+    assert results["perf"]["precision"] == "bf16-mixed"
+    assert results["details"]["teacher_cache"]["misses"] > 0
+    assert results["test_acc"] > 30  # 10 digit classes

@@ -2,8 +2,10 @@
 
 ``auto`` turns a switch on where it is known to pay and off elsewhere:
 
-- ``trainer.precision=auto``: ``bf16-mixed`` on a CUDA device with bf16, ``32-true`` otherwise
-  (bf16 on the CPU is not measured to pay). KD losses cast their inputs to fp32 either way.
+- ``trainer.precision=auto``: ``bf16-mixed`` on a CUDA device with bf16, and for conv nets on a
+  CPU with AMX bf16 tiles (measured on a Xeon with AMX: a ResNet-20 training step 1.6x and a
+  ResNet-56 forward 2x faster than fp32; MLPs gain nothing, so they stay in fp32); ``32-true``
+  otherwise. KD losses cast their inputs to fp32 either way.
 - ``channels_last``: conv nets' weights and input batches in NHWC, on the CPU (measured: +14 %
   for a ResNet-20 step, +38 % for a ResNet-56 forward) and on CUDA; models without a 2-D
   convolution (MLPs) and non-image batches are never touched.
@@ -50,8 +52,11 @@ class PerfSwitches:
         return asdict(self)
 
 
-def resolve_perf(perf: Mapping[str, Any], precision: Any, device: torch.device) -> PerfSwitches:
-    """``perf`` (the config group) and ``trainer.precision`` resolved for ``device``."""
+def resolve_perf(
+    perf: Mapping[str, Any], precision: Any, device: torch.device, *, conv: bool = False
+) -> PerfSwitches:
+    """``perf`` (the config group) and ``trainer.precision`` resolved for ``device``; ``conv``:
+    the run trains a conv net (which decides ``precision=auto`` on the CPU)."""
     cuda = device.type == "cuda"
     cuda_graphs = _switch(perf, "cuda_graphs", device, allow_auto=False)
     if cuda_graphs and not cuda:
@@ -59,7 +64,7 @@ def resolve_perf(perf: Mapping[str, Any], precision: Any, device: torch.device) 
         cuda_graphs = False
     return PerfSwitches(
         device=device.type,
-        precision=_precision(precision, device),
+        precision=_precision(precision, device, conv),
         channels_last=_switch(perf, "channels_last", device),
         compile=_switch(perf, "compile", device, allow_auto=False) or cuda_graphs,
         cuda_graphs=cuda_graphs,
@@ -80,15 +85,24 @@ def _switch(
     return value
 
 
-def _precision(precision: Any, device: torch.device) -> str:
+def _precision(precision: Any, device: torch.device, conv: bool) -> str:
     if precision not in (AUTO, None):
         return str(precision)
-    return "bf16-mixed" if device.type == "cuda" and cuda_bf16(device) else "32-true"
+    if device.type == "cuda":
+        return "bf16-mixed" if cuda_bf16(device) else "32-true"
+    return "bf16-mixed" if conv and cpu_bf16() else "32-true"
 
 
 def cuda_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes in bf16 natively (Ampere and later)."""
     return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def cpu_bf16() -> bool:
+    """Whether this CPU has AMX bf16 tiles, where oneDNN runs bf16 convolutions much faster than
+    fp32 (AVX-512 bf16 alone is not measured to pay). torch exposes the check privately only."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(amx is not None and amx())
 
 
 def has_conv2d(model: nn.Module) -> bool:

@@ -100,17 +100,21 @@ class RunContext:
     def perf(self) -> PerfSwitches:
         """The performance switches (``conf/perf``, ``trainer.precision``) for this device."""
         precision = self.cfg.trainer.get("precision")
-        return resolve_perf(self.cfg.get("perf") or {}, precision, self.device)
+        student = self.cfg.get("student")
+        conv = student is not None and has_conv2d(self._build(student))
+        return resolve_perf(self.cfg.get("perf") or {}, precision, self.device, conv=conv)
 
     def build(self, model_cfg: Mapping[str, Any]) -> nn.Module:
-        params = model_params(model_cfg)
-        model = build_model(
+        model = self._build(model_cfg)
+        return channels_last_model(model) if self.perf.channels_last else model
+
+    def _build(self, model_cfg: Mapping[str, Any]) -> nn.Module:
+        return build_model(
             model_cfg["arch"],
             num_classes=self.data.num_classes,
             input_shape=tuple(self.data.input_shape),
-            **params,
+            **model_params(model_cfg),
         )
-        return channels_last_model(model) if self.perf.channels_last else model
 
     def datamodule(self) -> SplitsDataModule:
         recipe = self.cfg.recipe
