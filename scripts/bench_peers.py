@@ -208,8 +208,10 @@ def run_torchdistill(args: argparse.Namespace, root: Path, store: Path) -> float
             "dataset_id": "train",
             "sampler": {"class_or_func": torch.utils.data.RandomSampler, "kwargs": {}},
             "kwargs": {
-                "batch_size": args.batch_size, "num_workers": args.peer_workers,
-                "drop_last": True, "persistent_workers": args.peer_workers > 0,
+                "batch_size": args.batch_size,
+                "num_workers": args.peer_workers,
+                "drop_last": True,
+                "persistent_workers": args.peer_workers > 0,
             },
         },  # fmt: skip
         "teacher": {"forward_proc": "forward_batch_only", "requires_grad": False},

@@ -77,7 +77,6 @@ def test_member_at_ratio_reports_the_ratio_it_achieved():
         member_at_ratio(members, 300_000, 0)
 
 
-
 def test_target_ratio_resizes_a_cifar_student_whose_params_are_empty():
     from types import SimpleNamespace
 
@@ -92,6 +91,7 @@ def test_target_ratio_resizes_a_cifar_student_whose_params_are_empty():
     student_at_ratio(cfg, SimpleNamespace(num_classes=10, input_shape=(3, 32, 32)))
     ratio = _params("resnet56") / _params(cfg.student.arch, **cfg.student.params)
     assert cfg.student.arch != "resnet20" and 3 < ratio < 5.5
+
 
 # --- chain budgets ----------------------------------------------------------------------------
 

@@ -141,7 +141,9 @@ def test_run_context_resolves_precision_for_the_trainer(tmp_path):
     assert not ctx.datamodule().device_data
 
 
-@pytest.mark.parametrize(("arch", "precision"), [("resnet8", "bf16-mixed"), ("mlp_small", "32-true")])
+@pytest.mark.parametrize(
+    ("arch", "precision"), [("resnet8", "bf16-mixed"), ("mlp_small", "32-true")]
+)
 def test_run_context_asks_whether_the_student_is_a_conv_net(tmp_path, monkeypatch, arch, precision):
     monkeypatch.setattr(perf, "cpu_bf16", lambda: True)
     ctx = _context(tmp_path)

@@ -125,4 +125,3 @@ def flip_draws(n: int, device: torch.device, generator: torch.Generator | None =
 def flip_where(x: Tensor, flipped: Tensor) -> Tensor:
     """The batch with the samples marked in ``flipped`` mirrored horizontally."""
     return torch.where(flipped[:, None, None, None], x.flip(3), x)
-
