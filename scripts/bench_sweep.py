@@ -104,7 +104,7 @@ def main() -> None:
     table = Table(
         title=f"{len(members)} members ({', '.join(args.methods)} x {args.seeds} seeds), "
         f"{args.teacher} -> {args.student}, {args.images} images x {args.epochs} epochs, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, precision {members[0]['perf']['precision']}"
     )
     for column in ("teacher", "sweep wall s", "speed-up", "teacher forwards saved"):
         table.add_column(column, justify="right")
