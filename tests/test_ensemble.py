@@ -157,6 +157,23 @@ def test_teachers_of_one_architecture_run_batched_and_match_one_by_one():
     assert unbatched.batched_groups == []
 
 
+def test_batched_teachers_under_cpu_bf16_autocast_match_one_by_one():
+    """precision=auto is bf16-mixed for conv nets on CPUs with AMX: the stacked forward runs
+    under that autocast too, and stays batched."""
+    teachers = _image_teachers()
+    x = torch.randn(6, 3, 8, 8)
+    ensemble = TeacherEnsemble(teachers, concurrent=False)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        one_by_one = torch.stack([t(x).float() for t in teachers], dim=1)
+        with FeatureTap(ensemble, ["teacher_logits"]) as tap:
+            ensemble(x)
+            stacked = tap.features["teacher_logits"].float()
+    assert ensemble.batched_groups == [(0, 1, 3)]
+    assert torch.isfinite(stacked).all()
+    # bf16 keeps 8 bits of mantissa: both orders of rounding agree to a few parts in a hundred
+    assert torch.allclose(stacked, one_by_one, atol=0.05, rtol=0.02)
+
+
 def test_teachers_in_train_mode_or_with_gradients_run_one_by_one():
     teachers = _image_teachers()
     x = torch.randn(4, 3, 8, 8)
