@@ -169,7 +169,6 @@ def test_batched_teachers_under_cpu_bf16_autocast_match_one_by_one():
             ensemble(x)
             stacked = tap.features["teacher_logits"].float()
     assert ensemble.batched_groups == [(0, 1, 3)]
-    assert torch.isfinite(stacked).all()
     # bf16 keeps 8 bits of mantissa: both orders of rounding agree to a few parts in a hundred
     assert torch.allclose(stacked, one_by_one, atol=0.05, rtol=0.02)
 
