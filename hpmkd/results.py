@@ -16,6 +16,11 @@ from hpmkd.io import write_json_atomic
 from hpmkd.strategies.context import StrategyResult
 
 RESULTS_FILE = "results.json"
+# results.json layout version: 2 adds ``schema`` itself, ``time`` (total, per unit, per segment)
+# and ``resumed_from``; a report never merges rows of different schemas
+SCHEMA_VERSION = 2
+# written into an interrupted run directory once a later run has resumed it and finished
+RESUMED_INTO_FILE = "resumed_into.json"
 
 
 def versions() -> dict[str, str]:
@@ -38,6 +43,7 @@ def build_results(
     ratio = teacher.params / result.student.params if teacher else None
     return {
         "status": "completed",
+        "schema": SCHEMA_VERSION,
         "strategy": strategy,
         "method": (result.method or {}).get("name", "ce"),
         "seed": seed,
