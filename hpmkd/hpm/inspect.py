@@ -6,6 +6,8 @@ import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 from rich.console import Console
 
 from hpmkd import config
@@ -26,7 +28,11 @@ def show_acm(overrides: list[str], console: Console | None = None) -> None:
     """
     config.setup()
     with initialize_config_dir(str(config.config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=["+strategy=hpmkd", *overrides])
+        cfg = compose("train", overrides=["+strategy=hpmkd", *overrides], return_hydra_config=True)
+    # `${hydra:runtime.cwd}` (paths.shared_data) resolves only while a Hydra config is set
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
     config.validate(cfg)
     data = load_data(cfg.data)
     store = ArtifactStore(cfg.store.root)
