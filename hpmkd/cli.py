@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 from hpmkd.errors import UserError
 
 if TYPE_CHECKING:
-    from rich.console import Console
     from rich.table import Table
 
     from hpmkd.store import ArtifactStore
@@ -180,75 +179,9 @@ def _fmt(value: float | None) -> str:
 
 
 def report(args: list[str]) -> int:
-    from pathlib import Path
+    from hpmkd.report.command import report as run_report
 
-    import pandas as pd
-    from rich.console import Console
-    from rich.table import Table
-
-    from hpmkd.io import write_text_atomic
-    from hpmkd.report import collect_failures, collect_results, summarise
-    from hpmkd.report.tables import format_failures, format_latex, format_markdown
-
-    parser = argparse.ArgumentParser(prog="hpmkd report", description="Summarise finished runs.")
-    parser.add_argument("dirs", nargs="+", help="directories searched for results.json (any depth)")
-    parser.add_argument(
-        "--out", default=None, help="write summary.md, .csv, .tex and PNG figures here"
-    )
-    parser.add_argument("--title", default=None, help="title of the figures")
-    opts = parser.parse_args(args)
-    console = Console()
-    failures = collect_failures(opts.dirs)
-    try:
-        runs = collect_results(opts.dirs)
-    except UserError:
-        _print_failures(console, failures)  # nothing completed: the failures are all there is
-        raise
-    table = summarise(runs)
-    view = Table(title=f"hpmkd report: {len(runs)} runs, {len(table)} configurations")
-    columns = ("data", "student", "strategy", "method", "variant", "ratio", "test acc %", "vs CE")
-    for column in (*columns, "n"):
-        view.add_column(column, justify="left" if column in columns[:5] else "right")
-    for row in table.itertuples():
-        std = "" if row.n < 2 else f" ± {row.test_acc_std:.2f}"
-        vs_ce = "" if row.strategy == "plain" or pd.isna(row.vs_ce) else f"{row.vs_ce:+.2f}"
-        ratio = "" if pd.isna(row.compression_ratio) else f"{row.compression_ratio:.1f}x"
-        view.add_row(row.data, row.student, row.strategy, row.method, row.variant, ratio,
-                     f"{row.test_acc_mean:.2f}{std}", vs_ce, str(row.n))  # fmt: skip
-    console.print(view)
-    _print_failures(console, failures)
-    if opts.out:
-        from hpmkd.report.plots import plot_accuracy_bars, plot_accuracy_vs_ratio, plot_curves
-        from hpmkd.report.tables import with_group_keys
-
-        out = Path(opts.out)
-        write_text_atomic(out / "summary.md", format_markdown(table) + format_failures(failures))
-        write_text_atomic(out / "summary.csv", table.to_csv(index=False))
-        write_text_atomic(out / "summary.tex", format_latex(table))
-        title = opts.title or ", ".join(sorted(set(table["data"])))
-        figures = [
-            plot_accuracy_bars(table, out / "accuracy.png", title),
-            plot_accuracy_vs_ratio(table, out / "accuracy_vs_ratio.png", title),
-            plot_curves(with_group_keys(runs), table, out / "curves.png", title),
-        ]
-        tables = [out / f"summary.{ext}" for ext in ("md", "csv", "tex")]
-        written = [*tables, *(f for f in figures if f)]
-        print("wrote " + ", ".join(str(p) for p in written))
-    return 0
-
-
-def _print_failures(console: Console, failures: list[dict]) -> None:
-    from rich.table import Table
-
-    if not failures:
-        return
-    table = Table(title=f"failed runs: {len(failures)}")
-    columns = ("path", "status", "strategy", "method", "seed", "error")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for failure in failures:
-        table.add_row(*(str(failure.get(c, "-")) for c in columns))
-    console.print(table)
+    return run_report(args)
 
 
 def acm(args: list[str]) -> int:

@@ -7,6 +7,7 @@ import pytest
 
 from hpmkd.report import collect_results, summarise
 from hpmkd.report.tables import format_markdown
+from hpmkd.results import SCHEMA_VERSION
 
 
 def _write(
@@ -15,6 +16,7 @@ def _write(
 ):  # fmt: skip
     results = {
         "status": "completed",
+        "schema": SCHEMA_VERSION,
         "strategy": strategy,
         "method": method,
         "seed": seed,
@@ -147,7 +149,7 @@ def test_report_aggregates_seeds_into_csv_markdown_and_latex_and_lists_failures(
         "teacher_acc_mean": statistics.mean(teacher_acc),
         "retention_mean": statistics.mean(retention) / 100,
         "retention_std": statistics.stdev(retention) / 100,
-        "wall_time_s_mean": statistics.mean(wall), "wall_time_s_std": statistics.stdev(wall),
+        "time_s_mean": statistics.mean(wall), "time_s_std": statistics.stdev(wall),
         "vs_ce": statistics.mean(acc) - 71.0,
     }  # fmt: skip
     assert {k: float(kd[k]) for k in expected} == pytest.approx(expected)

@@ -11,9 +11,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hpmkd.report.tables import GROUP  # noqa: E402
-
-KEYS = [*GROUP, "variant"]
+from hpmkd.report.tables import KEYS  # noqa: E402
 
 
 def configuration_labels(table: pd.DataFrame) -> list[str]:
@@ -118,7 +116,9 @@ CURVES = {
 
 def plot_curves(runs: pd.DataFrame, table: pd.DataFrame, path: Path, title: str) -> Path | None:
     """Per-epoch curves, averaged over seeds, one line per configuration: validation accuracy,
-    and the temperature and attention entropy where runs logged them and they change."""
+    and the temperature and attention entropy where runs logged them and they change; ``runs``
+    as ``with_group_keys`` returns them (repeats left out)."""
+    runs = runs[~runs["repeat"]]
     present = [n for n in CURVES if len({v for c in runs["curves"] for v in c.get(n) or []}) > 1]
     if not present:
         return None

@@ -7,46 +7,82 @@ from typing import Any
 
 import pandas as pd
 
+from hpmkd.report.collect import identity
+
 GROUP = ["data", "recipe", "epochs", "teacher", "student", "strategy", "method"]
+# one configuration, one table row: ``config`` tells apart what the labels might not
+KEYS = [*GROUP, "variant", "config"]
 METRICS = [
     "test_acc", "test_acc_last", "acc_best", "acc_last", "teacher_acc", "retention",
-    "forgetting_pct", "wall_time_s",
+    "forgetting_pct", "time_s",
 ]  # fmt: skip
 
 
 def variant_labels(runs: pd.DataFrame) -> pd.Series:
-    """Per run, the settings that tell apart runs the ``GROUP`` columns alone would merge
-    (``strategy.components.acm=false``, ``student.params.hidden=[91,45]``...), as one label."""
+    """Per run, every setting of its configuration's identity that differs between runs the
+    ``GROUP`` columns alone would merge (``temperature.name=mts``, ``strategy.components.acm=
+    false``...), as one label; a node a run lacks altogether reads ``temperature=unset``."""
     keys = runs[GROUP].fillna("-").astype(str).agg("|".join, axis=1)
-    settings = runs["settings"] if "settings" in runs else pd.Series([{}] * len(runs))
-    varying: set[str] = set()
+    settings = runs["settings"].map(identity)
+    labels = pd.Series("-", index=runs.index)
     for _, members in settings.groupby(keys):
-        # a key some runs lack comes from a config schema change, not from a setting
-        shared = set.intersection(*(set(m) for m in members))
-        varying |= {n for n in shared if len({m[n] for m in members}) > 1}
-    return settings.map(
-        lambda s: ", ".join(f"{n}={s[n].strip(chr(34))}" for n in sorted(varying) if n in s) or "-"
-    )
+        names = set().union(*members)
+        varying = sorted(n for n in names if len({m.get(n) for m in members}) > 1)
+        for index, member in members.items():
+            shown = dict.fromkeys(_setting(member, n) for n in varying)
+            labels[index] = ", ".join(s for s in shown if s) or "-"
+    return labels
+
+
+def _setting(settings: dict[str, str], name: str) -> str:
+    """``name=value``; for a setting the run lacks, its topmost missing node, ``node=unset``
+    (empty where the run has a value above it: that value shows instead)."""
+    if name in settings:
+        return f"{name}={settings[name].strip(chr(34))}"
+    parts = name.split(".")
+    for depth in range(1, len(parts) + 1):
+        node = ".".join(parts[:depth])
+        if node in settings:
+            return ""
+        if not any(k.startswith(f"{node}.") for k in settings):
+            return f"{node}=unset"
+    return ""
 
 
 def with_group_keys(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with missing group keys as "-" and the ``variant`` column added."""
+    """``runs`` with missing group keys as "-", the ``variant`` column, and ``repeat``: true for
+    each run a newer run of the same configuration and seed supersedes."""
     keys = runs[GROUP].fillna("-")
-    return runs.assign(**{c: keys[c] for c in GROUP}, variant=variant_labels(runs))
+    runs = runs.assign(**{c: keys[c] for c in GROUP}, variant=variant_labels(runs))
+    newest_first = runs.sort_values("finished", kind="stable").groupby([*KEYS, "seed"])
+    return runs.assign(repeat=newest_first.cumcount(ascending=False) > 0)
+
+
+def _choices(values: pd.Series) -> str | None:
+    """The distinct values over a configuration's seeds; their count where there are many."""
+    distinct = list(dict.fromkeys(values.dropna()))
+    if not distinct:
+        return None
+    return "; ".join(distinct) if len(distinct) <= 3 else f"{len(distinct)} distinct choices"
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (every column of ``GROUP`` plus ``variant``), seeds aggregated.
+    """One row per configuration (``KEYS``), seeds aggregated; a configuration and seed run more
+    than once counts once, with its newest results.
 
-    ``<metric>_mean``/``<metric>_std`` (sample std, NaN for one run), ``n``, and ``vs_ce``: the
-    test-accuracy difference in points to the plain (CE-only) student of the same data, recipe,
-    epochs and student architecture and size, when such runs exist.
+    ``<metric>_mean``/``<metric>_std`` (sample std, NaN for one run), ``n`` (distinct seeds),
+    ``repeats`` (older runs of a configuration and seed left out), ``acm`` (HPM-KD's chosen
+    configurations), and ``vs_ce``: the test-accuracy difference in points to the plain
+    (CE-only) student of the same data, recipe, epochs and student architecture and size, when
+    such runs exist.
     """
     runs = with_group_keys(runs)
-    grouped = runs.groupby([*GROUP, "variant"], sort=False)
+    grouped = runs[~runs["repeat"]].groupby(KEYS, sort=False)
     table = grouped[METRICS].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
-    table["n"] = grouped.size()
+    table["n"] = grouped["seed"].nunique()
+    table["repeats"] = runs.groupby(KEYS, sort=False)["repeat"].sum().astype(int)
+    table["acm"] = grouped["acm"].agg(_choices)
     table["compression_ratio"] = grouped["compression_ratio"].first()
     table["student_params"] = grouped["student_params"].first()
     table["extra_params"] = grouped["extra_params"].first()
@@ -83,29 +119,64 @@ def _cells(row: Any, *, pm: str, times: str, dash: str, text: Callable[[object],
     return [
         *map(text, names), ratio, f"{int(row.extra_params):,}",
         *map(stat, ("test_acc", "test_acc_last", "acc_best", "teacher_acc")),
-        stat("retention", 100), vs_ce, str(row.n), f"{row.wall_time_s_mean:.0f}",
+        stat("retention", 100), vs_ce, str(row.n), f"{row.time_s_mean:.0f}",
     ]  # fmt: skip
 
 
 def format_markdown(table: pd.DataFrame) -> str:
-    """The paper-style view: one line per configuration, accuracies as mean ± std over seeds."""
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    """The paper-style view: one line per configuration, accuracies as mean ± std over seeds;
+    what ACM chose where HPM-KD rows have it; how many repeated runs were left out."""
+    acm = has_acm(table)
+    headers = [*HEADERS, "ACM choice"] if acm else HEADERS
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in table.itertuples():
         cells = _cells(row, pm=" ± ", times="x", dash="-", text=str)
+        if acm:
+            cells.append(row.acm or "-")
         lines.append("| " + " | ".join(cells) + " |")
+    if repeats := repeats_note(table):
+        lines += ["", repeats]
     return "\n".join(lines) + "\n"
+
+
+def has_acm(table: pd.DataFrame) -> bool:
+    return "acm" in table and bool(table["acm"].notna().any())
+
+
+def repeats_note(table: pd.DataFrame) -> str:
+    """How many runs repeated a configuration and seed and were left out; empty for none."""
+    dropped = int(table["repeats"].sum()) if "repeats" in table else 0
+    if not dropped:
+        return ""
+    runs = "repeat" if dropped == 1 else "repeats"
+    return f"{dropped} {runs} dropped (the same configuration and seed ran again; newest kept)"
+
+
+FAILURE_COLUMNS = ("path", "status", "strategy", "method", "seed", "error")
+SET_ASIDE_COLUMNS = ("path", "reason", "strategy", "method", "seed")
 
 
 def format_failures(failures: list[dict]) -> str:
     """The runs without completed results as a Markdown section (empty when there are none)."""
-    if not failures:
+    return _section(f"Failed runs: {len(failures)}", failures, FAILURE_COLUMNS)
+
+
+def format_set_aside(records: list[dict]) -> str:
+    """The results.json in no row (another schema, unreadable) as a Markdown section."""
+    return _section(f"Set aside, not merged: {len(records)}", records, SET_ASIDE_COLUMNS)
+
+
+def cell(record: dict, column: str) -> str:
+    value = record.get(column)
+    return "-" if value is None else str(value)
+
+
+def _section(title: str, records: list[dict], columns: tuple[str, ...]) -> str:
+    if not records:
         return ""
-    columns = ("path", "status", "strategy", "method", "seed", "error")
-    lines = ["", f"Failed runs: {len(failures)}", "", "| " + " | ".join(columns) + " |",
-             "|" + "---|" * len(columns)]  # fmt: skip
-    for failure in failures:
-        cells = (str(failure.get(c, "-")).replace("|", "/") for c in columns)
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = ["", title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for record in records:
+        lines.append("| " + " | ".join(cell(record, c).replace("|", "/") for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
