@@ -384,3 +384,136 @@ def test_checkpoint_without_tensors_is_rejected(tmp_path: Path) -> None:
     torch.save({"epoch": 3, "note": "no weights"}, path)
     with pytest.raises(UserError, match=f"{path} is not a readable checkpoint"):
         load_state_dict_file(path)
+
+
+# ---------------------------------------------------------------- CRD benchmark fidelity
+
+
+def _randomise_batchnorm(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial BN statistics and affine terms, so eval-mode BN is not the identity."""
+    g = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            module.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            module.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            module.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+
+
+def _benchmark_vgg_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The benchmark's CIFAR VGG forward written from its description, with the weights of
+    ``model``: each group conv-BN-ReLU units; 2x2 max-pool (stride 2) after groups 1, 2, 3; after
+    group 4 only for 64x64 inputs; global average pool; linear."""
+    import torch.nn.functional as F
+
+    h = x.shape[2]
+    for group in range(1, 6):
+        for unit in model.get_submodule(f"stage{group}"):
+            bn = unit.bn
+            x = F.conv2d(x, unit.conv.weight, unit.conv.bias, padding=1)
+            x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False)
+            x = F.relu(x)
+        if group <= 3 or (group == 4 and h == 64):
+            x = F.max_pool2d(x, 2, 2)
+    x = x.mean(dim=(2, 3))
+    return F.linear(x, model.classifier.weight, model.classifier.bias)
+
+
+@pytest.mark.parametrize("name", ["vgg8", "vgg13"])
+@pytest.mark.parametrize("size", [32, 64])
+def test_vgg_default_is_the_benchmark_vgg(name: str, size: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=100, input_shape=(3, size, size)).eval()
+    _randomise_batchnorm(model, 1)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad(), FeatureTap(model, ["stage4", "stage5"]) as tap:
+        logits = model(x)
+        assert tap.features["stage5"].shape[-1] == 4  # benchmark: 4x4 at 32 and at 64
+        expected = _benchmark_vgg_logits(model, x)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_vgg_pool4_true_keeps_the_old_forward_on_the_same_weights() -> None:
+    torch.manual_seed(0)
+    new = build_model("vgg8", num_classes=10, input_shape=CIFAR).eval()
+    old = build_model("vgg8", num_classes=10, input_shape=CIFAR, pool4=True).eval()
+    _randomise_batchnorm(new, 2)
+    load_weights(old, new.state_dict(), source="vgg8 (pool4 auto)")  # same keys: loads strictly
+    x = torch.randn(2, *CIFAR)
+    with torch.no_grad(), FeatureTap(old, ["stage4", "stage5"]) as t_old:
+        with FeatureTap(new, ["stage4", "stage5"]) as t_new:
+            old_logits, new_logits = old(x), new(x)
+            torch.testing.assert_close(t_old.features["stage4"], t_new.features["stage4"])
+            assert t_old.features["stage5"].shape[-1] == 2
+            assert t_new.features["stage5"].shape[-1] == 4
+    assert not torch.allclose(old_logits, new_logits, atol=1e-3)
+
+
+def test_vgg_bad_pool4_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="model 'vgg8' needs pool4 = auto, true or false"):
+        build_model("vgg8", num_classes=3, input_shape=CIFAR, pool4="sometimes")
+
+
+def test_wrn_benchmark_features_are_the_raw_block_outputs_and_their_next_bn() -> None:
+    from hpmkd.models import resolve_features
+
+    torch.manual_seed(0)
+    model = build_model("wrn_16_2", num_classes=10, input_shape=CIFAR).eval()
+    _randomise_batchnorm(model, 3)
+    feat = resolve_features(model, ["feat[:]"])
+    preact = resolve_features(model, ["preact[1:-1]"])
+    x = torch.randn(2, *CIFAR)
+    with torch.no_grad(), FeatureTap(model, [*feat, *preact]) as tap:
+        model(x)
+        # the benchmark's WRN feature list, computed from the modules by hand
+        f0 = model.conv1(x)
+        f1 = model.layer1(f0)
+        f2 = model.layer2(f1)
+        f3 = model.layer3(f2)
+        pooled = torch.relu(model.bn(f3)).mean(dim=(2, 3))
+        expected = [f0, f1, f2, f3, pooled]
+        for name, value in zip(feat, expected, strict=True):
+            torch.testing.assert_close(tap.features[name], value)
+        bns = [model.layer2[0].bn1(f1), model.layer3[0].bn1(f2), model.bn(f3)]
+        for name, value in zip(preact, bns, strict=True):
+            torch.testing.assert_close(tap.features[name], value)
+            assert value.min() < 0  # before the ReLU
+    assert feat[1:-1] == ("stage1_pre", "stage2_pre", "stage3_pre")
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "expected"),
+    [
+        ("resnet20", "feat[1:-1]", ("stage1", "stage2", "stage3")),
+        ("resnet8x4", "preact[1:-1]", ("stage1_pre", "stage2_pre", "stage3_pre")),
+        ("resnet56", "feat[:-1]", ("stem", "stage1", "stage2", "stage3")),
+        ("wrn_40_2", "feat[-2]", ("stage3_pre",)),
+        ("wrn_16_2", "feat[2]", ("stage2_pre",)),
+        ("vgg13", "feat[1:-1]", ("stage2", "stage3", "stage4", "stage5")),
+        ("vgg8", "feat[2]", ("stage3",)),
+        ("vgg8", "preact[1:-1]", ("stage2_pre", "stage3_pre", "stage4_pre", "stage5_pre")),
+        ("vgg8", "feat[:-1]", ("stage1", "stage2", "stage3", "stage4", "stage5")),
+    ],
+)
+def test_benchmark_feature_aliases(name: str, spec: str, expected: tuple[str, ...]) -> None:
+    from hpmkd.models import resolve_features
+
+    model = build_model(name, num_classes=10, input_shape=CIFAR)
+    assert resolve_features(model, [spec]) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "message"),
+    [
+        ("mobilenetv2", "feat[1:-1]", "declares no benchmark feature list"),
+        ("resnet20", "feat[7]", r"'feat\[7\]' is not an entry of its 5 features"),
+        ("resnet20", "feat[3:1]", r"has no features for 'feat\[3:1\]'"),
+    ],
+)
+def test_bad_benchmark_alias_is_a_user_error(name: str, spec: str, message: str) -> None:
+    from hpmkd.models import resolve_features
+
+    model = build_model(name, num_classes=10, input_shape=_input_shape(name))
+    with pytest.raises(UserError, match=message):
+        resolve_features(model, [spec])

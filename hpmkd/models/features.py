@@ -9,6 +9,12 @@ submodule ``model.get_submodule(module_path)``. Standard names:
 - MLPs: ``hidden1``..``hiddenK``, ``hiddenK_pre``, ``pool``.
 
 Family docstrings state the exceptions (VGG has no stem, MobileNetV2 stages are linear).
+
+The CRD benchmark (RepDistiller) hands its losses a list ``feat`` of a model's features (and
+``preact``, the same list with pre-activation stages, for AB) and picks entries by Python index:
+``feat[1:-1]``, ``feat[-2]``, ``feat[2]``, ``feat[:-1]``. Models that declare these lists
+(``benchmark_features``: CIFAR ResNets, WRNs, VGG) accept exactly those specs as aliases, so a
+config can name the benchmark's features for any of them.
 """
 
 import re
@@ -82,6 +88,31 @@ class FeatureTap:
 
 _STAGE = re.compile(r"(stage|hidden)(\d+)")
 _STAGE_PRE = re.compile(r"(stage|hidden)(\d+)_pre")
+_BENCHMARK = re.compile(r"(feat|preact)\[(-?\d*)(:?)(-?\d*)\]")
+
+BenchmarkFeatures = dict[str, tuple[str, ...]]
+
+
+def benchmark_alias(model: nn.Module, spec: str) -> list[str] | None:
+    """The names a ``feat[...]``/``preact[...]`` spec picks from the model's benchmark lists
+    (None when ``spec`` is no such spec); an index as in Python, a slice with step 1."""
+    match = _BENCHMARK.fullmatch(spec)
+    if match is None:
+        return None
+    label = getattr(model, "model_name", type(model).__name__)
+    lists: BenchmarkFeatures | None = getattr(model, "benchmark_features", None)
+    if not lists:
+        raise UserError(
+            f"model '{label}' declares no benchmark feature list for '{spec}' "
+            "(CIFAR ResNets, WRNs and VGG do)"
+        )
+    names = lists[match.group(1)]
+    start, colon, stop = match.group(2), match.group(3), match.group(4)
+    if colon:
+        return list(names[slice(int(start) if start else None, int(stop) if stop else None)])
+    if not start or stop or not -len(names) <= int(start) < len(names):
+        raise UserError(f"model '{label}': '{spec}' is not an entry of its {len(names)} features")
+    return [names[int(start)]]
 
 
 def resolve_features(model: nn.Module, specs: Sequence[str]) -> tuple[str, ...]:
@@ -89,6 +120,7 @@ def resolve_features(model: nn.Module, specs: Sequence[str]) -> tuple[str, ...]:
 
     Aliases: ``stages`` (every stage, or hidden layer for MLPs, after its activation, shallow to
     deep), ``stages_pre`` (the same before the activation), ``last_stage``, ``last_stage_pre``.
+    ``feat[...]``/``preact[...]`` index the model's benchmark lists (module docstring).
     Any other name must be one of the model's ``feature_points`` (checked by ``FeatureTap``).
     """
     points: dict[str, tuple[str, str]] = getattr(model, "feature_points", {})
@@ -105,7 +137,9 @@ def resolve_features(model: nn.Module, specs: Sequence[str]) -> tuple[str, ...]:
     }
     resolved: list[str] = []
     for spec in specs:
-        expansion = aliases.get(spec, [spec])
+        expansion = benchmark_alias(model, spec)
+        if expansion is None:
+            expansion = aliases.get(spec, [spec])
         if not expansion:
             label = getattr(model, "model_name", type(model).__name__)
             raise UserError(f"model '{label}' has no features for '{spec}'")

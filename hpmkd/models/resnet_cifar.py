@@ -11,7 +11,9 @@
 
 Modules: ``conv1`` -> ``bn1`` -> ``stem_act`` -> ``layer1..3`` -> ``pool`` -> ``linear``.
 Features: ``stem``/``stem_pre``, ``stage1..3``/``stage1..3_pre`` (the last block's ``out_act``),
-``pool`` (input of ``linear``).
+``pool`` (input of ``linear``). The CRD benchmark's (RepDistiller's ``resnet.py``) feature
+lists are the same points: ``feat`` = ``[stem, stage1..3, pool]``, ``preact`` (AB) =
+``[stem, stage1..3_pre, pool]`` (``benchmark_features``, for the ``feat[...]`` aliases).
 """
 
 import re
@@ -25,6 +27,7 @@ from torch import nn
 from hpmkd.errors import UserError
 
 from .common import FeaturePoints, activation_points, conv1x1, conv3x3, init_weights
+from .features import BenchmarkFeatures
 from .registry import ModelSpec, register_model, register_pattern
 
 Shortcut = Literal["A", "B"]
@@ -105,6 +108,10 @@ class CifarResNet(nn.Module):
             **activation_points("stage2", f"layer2.{blocks - 1}.out_act"),
             **activation_points("stage3", f"layer3.{blocks - 1}.out_act"),
             "pool": ("linear", "input"),
+        }
+        self.benchmark_features: BenchmarkFeatures = {
+            "feat": ("stem", "stage1", "stage2", "stage3", "pool"),
+            "preact": ("stem", "stage1_pre", "stage2_pre", "stage3_pre", "pool"),
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,16 @@ the next block plays that role:
 
 - ``stem_pre``: output of ``conv1``; ``stem``: it after the first block's BN-ReLU.
 - ``stageK_pre``: the raw (un-normalised) output of stage K; ``stageK``: it after the next BN-ReLU
-  (the first block of stage K+1, or the final BN-ReLU for the last stage).
+  (the first block of stage K+1, or the final BN-ReLU for the last stage); ``stageK_bn``: it
+  after that BN, before the ReLU.
 - ``pool``: input of ``linear``.
+
+The CRD benchmark (RepDistiller's ``wrn.py``) feeds its feature losses the RAW outputs: its
+``feat`` list is ``[stem_pre, stage1_pre, stage2_pre, stage3_pre, pool]``, not the post-BN-ReLU
+``stem``/``stages`` that hpmkd's methods take by default; its ``preact`` list (AB) is
+``[stem_pre, stage1_bn, stage2_bn, stage3_bn, pool]``. ``benchmark_features`` holds both, for
+the ``feat[...]``/``preact[...]`` aliases (``hpmkd.models.features``) that ``fidelity=repdistiller``
+(the ``experiment=crd_cifar100/*`` presets) selects.
 """
 
 import re
@@ -24,6 +32,7 @@ from torch import nn
 from hpmkd.errors import UserError
 
 from .common import FeaturePoints, check_dropout, conv1x1, conv3x3, init_weights
+from .features import BenchmarkFeatures
 from .registry import ModelSpec, register_model, register_pattern
 
 
@@ -79,12 +88,19 @@ class WideResNet(nn.Module):
             "stem": ("layer1.0.act1", "output"),
             "stem_pre": ("conv1", "output"),
             "stage1": ("layer2.0.act1", "output"),
+            "stage1_bn": ("layer2.0.bn1", "output"),
             "stage1_pre": ("layer1", "output"),
             "stage2": ("layer3.0.act1", "output"),
+            "stage2_bn": ("layer3.0.bn1", "output"),
             "stage2_pre": ("layer2", "output"),
             "stage3": ("final_act", "output"),
+            "stage3_bn": ("bn", "output"),
             "stage3_pre": ("layer3", "output"),
             "pool": ("linear", "input"),
+        }
+        self.benchmark_features: BenchmarkFeatures = {
+            "feat": ("stem_pre", "stage1_pre", "stage2_pre", "stage3_pre", "pool"),
+            "preact": ("stem_pre", "stage1_bn", "stage2_bn", "stage3_bn", "pool"),
         }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
