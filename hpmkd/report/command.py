@@ -15,6 +15,7 @@ from hpmkd.report.collect import collect_failures, collect_results, collect_set_
 from hpmkd.report.tables import (
     FAILURE_COLUMNS,
     SET_ASIDE_COLUMNS,
+    acm_cell,
     cell,
     format_failures,
     format_latex,
@@ -69,7 +70,7 @@ def _view(table: pd.DataFrame) -> Table:
         ratio = "" if pd.isna(row.compression_ratio) else f"{row.compression_ratio:.1f}x"
         cells = [row.data, row.student, row.strategy, row.method, row.variant, ratio,
                  f"{row.test_acc_mean:.2f}{std}", vs_ce, str(row.n)]  # fmt: skip
-        view.add_row(*cells, *([row.acm or "-"] if acm else []))
+        view.add_row(*cells, *([acm_cell(row)] if acm else []))
     return view
 
 

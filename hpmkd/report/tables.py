@@ -132,7 +132,7 @@ def format_markdown(table: pd.DataFrame) -> str:
     for row in table.itertuples():
         cells = _cells(row, pm=" ± ", times="x", dash="-", text=str)
         if acm:
-            cells.append(row.acm or "-")
+            cells.append(acm_cell(row))
         lines.append("| " + " | ".join(cells) + " |")
     if repeats := repeats_note(table):
         lines += ["", repeats]
@@ -141,6 +141,11 @@ def format_markdown(table: pd.DataFrame) -> str:
 
 def has_acm(table: pd.DataFrame) -> bool:
     return "acm" in table and bool(table["acm"].notna().any())
+
+
+def acm_cell(row: Any) -> str:
+    """What ACM chose for a row's seeds; "-" where no run has a choice (pandas: NaN)."""
+    return row.acm if isinstance(row.acm, str) else "-"
 
 
 def repeats_note(table: pd.DataFrame) -> str:
