@@ -20,13 +20,21 @@ Decisions, each a constructor argument or stated here:
   multiplies zero), so the main stage is ``ce_weight * CE`` only: ``main_stage_distill`` false.
   Set it true to keep ``beta * AB`` (``beta`` 1, the script's value) in the main stage too.
 - Features (``student_features``/``teacher_features``, default ``stages_pre``: every stage
-  before its last activation, RepDistiller's ``feat[1:-1]`` with ``preact``). Different stage
+  before its last activation; the benchmark's for ResNets only, see below). Different stage
   counts are paired from the deepest backwards; extra shallow stages are left out.
-- Connector: always 1x1 conv (no bias) + BatchNorm as in the paper's code, also when the
-  channel counts already agree (RepDistiller uses the identity then); a linear layer +
-  BatchNorm1d for 2-D (MLP) pairs. Maps of different spatial size are average-pooled
-  adaptively to the smaller height and width after the connector (RepDistiller instead uses a
-  strided/transposed conv regressor); the teacher's sign pattern is read from its (pooled) map.
+- Features in the CRD benchmark: RepDistiller runs its models with ``preact=True`` and takes
+  ``feat[1:-1]``: the pre-ReLU stage outputs of ResNets (our ``stages_pre``); for WRNs the
+  stage outputs after the next block's BatchNorm, before its ReLU (our ``stageK_bn``, which no
+  hpmkd alias names by default); for VGG groups 2-5 only (``stage2_pre``..``stage5_pre``), so
+  its stage weights are those of n = 4. ``fidelity=repdistiller`` (the CRD presets) asks for
+  ``preact[1:-1]``, which names exactly these (``hpmkd.models.features``).
+- Connector (``connector``): ``conv_bn`` (default) is always 1x1 conv (no bias) + BatchNorm as
+  in the paper's code, also when the shapes already agree; ``identity_if_same`` is
+  RepDistiller's: the identity where the student's channels and size equal the teacher's (all
+  five CRD pairs), else 1x1 conv + BatchNorm (the CRD presets). A linear layer + BatchNorm1d
+  for 2-D (MLP) pairs. Maps of different spatial size are average-pooled adaptively to the
+  smaller height and width after the connector (RepDistiller instead uses a strided/transposed
+  conv regressor); the teacher's sign pattern is read from its (pooled) map.
 - 2-D features are 1x1 maps; features that are neither (N, C) nor (N, C, H, W) are rejected
   with a UserError at setup.
 """
@@ -39,8 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hpmkd.errors import UserError
 from hpmkd.methods.base import MethodSetup, ModelOutputs, register_method
 from hpmkd.methods.feature_math import FeatureMethod, as_map, batch_norm, match_spatial, pointwise
+
+CONNECTORS = ("conv_bn", "identity_if_same")
 
 
 def boundary_loss(source: Tensor, target: Tensor, margin: float) -> Tensor:
@@ -67,6 +78,7 @@ class AB(FeatureMethod):
         stage_decay: float = 0.5,
         loss_scale: float = 0.003,
         main_stage_distill: bool = False,
+        connector: str = "conv_bn",
         beta: float = 1.0,
         ce_weight: float = 1.0,
         kd_weight: float = 0.0,
@@ -80,6 +92,11 @@ class AB(FeatureMethod):
             kd_weight=kd_weight,
             temperature=temperature,
         )
+        if connector not in CONNECTORS:
+            raise UserError(
+                f"method 'ab': connector must be one of {CONNECTORS}; got {connector!r}"
+            )
+        self.connector = connector
         self.init_epochs = int(init_epochs)
         self.margin = margin
         self.stage_decay = stage_decay
@@ -96,6 +113,9 @@ class AB(FeatureMethod):
             spatial = len(s_shape) == 4 or len(t_shape) == 4
             channels = int(t_shape[1])
             self.spatial.append(spatial)
+            if self.connector == "identity_if_same" and s_shape[1:] == t_shape[1:]:
+                self.connectors.append(nn.Identity())
+                continue
             self.connectors.append(
                 nn.Sequential(
                     pointwise(int(s_shape[1]), channels, spatial=spatial, bias=False),

@@ -51,12 +51,14 @@ class DistillMethod(nn.Module):
     ``self.epoch`` is the current training epoch (0-based), set by the engine.
 
     Methods whose connectors need an initialisation stage first (AB, FT, FSP) set
-    ``init_epochs`` and implement ``init_forward`` and ``init_parameters``.
+    ``init_epochs`` and implement ``init_forward`` and ``init_parameters``; ``init_lr`` (None:
+    the recipe's) is the learning rate of that stage.
     """
 
     name: ClassVar[str]
     needs_teacher: ClassVar[bool] = True
     init_epochs: int = 0
+    init_lr: float | None = None
 
     def __init__(self) -> None:
         super().__init__()

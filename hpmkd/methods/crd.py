@@ -30,9 +30,14 @@ Decisions, each a constructor argument or stated here:
   other classes. The method is not given the training labels, so it records the label of every
   index it sees in a buffer; until a sample has been seen once (the first epoch) it may be drawn
   as a negative of its own class. ``uniform`` draws from all other samples (the paper's memory
-  module without class information). Both draw with replacement and never the anchor itself;
-  ``K`` is clipped to ``num_train - 1``. Draws use torch's global generator, so a fixed seed
-  gives the same negatives.
+  module without class information). Neither draws the anchor itself; ``K`` is clipped to
+  ``num_train - 1``. Draws use torch's global generator, so a fixed seed gives the same
+  negatives.
+- Replacement (``negatives_replacement``): true (default) draws each row's ``K`` negatives
+  independently, with replacement (on CIFAR-100, about 2,400 of a row's 16,384 are repeats);
+  false draws them without replacement, as the benchmark's loader does (``np.random.choice``
+  with ``replace=False`` unless ``K`` exceeds the row's candidates; then it, and this, draw
+  that row with replacement). ``fidelity=repdistiller`` (the CRD presets) sets false.
 - Banks start uniform in ``[-1/sqrt(feat_dim/3), 1/sqrt(feat_dim/3)]`` as the reference. A
   sample index that occurs several times in one (gathered) batch is updated once, with its
   first occurrence.
@@ -109,6 +114,7 @@ class CRD(DistillMethod):
         nce_temperature: float = 0.07,
         momentum: float = 0.5,
         negatives: str = "other_class",
+        negatives_replacement: bool = True,
         beta: float = 0.8,
         ce_weight: float = 1.0,
         kd_weight: float = 0.0,
@@ -133,6 +139,7 @@ class CRD(DistillMethod):
         self.nce_temperature = nce_temperature
         self.momentum = momentum
         self.negatives = negatives
+        self.negatives_replacement = bool(negatives_replacement)
         self.beta = beta
         self.ce_weight = ce_weight
         self.kd_weight = kd_weight
@@ -188,15 +195,43 @@ class CRD(DistillMethod):
         the anchor) is known before drawing.
         """
         n, k = self.num_train, self.k
+        if self.negatives == "other_class":
+            self.bank_labels.index_copy_(0, index, labels.long())
+        if not self.negatives_replacement:
+            negatives = self._without_replacement(index, labels)
+            return torch.cat([index[:, None], negatives], dim=1)
         u = torch.rand((index.shape[0], k), device=index.device, dtype=torch.float64)
         if self.negatives == "uniform":
             # uniform over the n - 1 other samples: draw in [0, n - 1), skip the anchor
             r = (u * (n - 1)).long().clamp_(max=n - 2)
             negatives = r + (r >= index[:, None]).long()
         else:
-            self.bank_labels.index_copy_(0, index, labels.long())
             negatives = self._other_class(u, labels)
         return torch.cat([index[:, None], negatives], dim=1)
+
+    def _candidates(self, index: Tensor, labels: Tensor) -> Tensor:
+        """(B, n) bool: the samples each row may draw (not the anchor; for ``other_class`` not
+        of the anchor's recorded class either)."""
+        shape = (index.shape[0], self.num_train)
+        allowed = torch.ones(shape, dtype=torch.bool, device=index.device)
+        if self.negatives == "other_class":
+            allowed &= self.bank_labels[None, :] != labels.long()[:, None]
+        allowed[torch.arange(index.shape[0], device=index.device), index] = False
+        return allowed
+
+    def _without_replacement(self, index: Tensor, labels: Tensor) -> Tensor:
+        """K distinct candidates per row (the K smallest of uniform keys); a row with fewer
+        than K candidates is drawn with replacement among them, as the benchmark does."""
+        allowed = self._candidates(index, labels)
+        keys = torch.rand(allowed.shape, device=index.device).masked_fill_(~allowed, 2.0)
+        distinct = keys.topk(self.k, dim=1, largest=False).indices
+        short = allowed.sum(dim=1) < self.k
+        if not bool(short.any()):
+            return distinct
+        weights = allowed[short].double()
+        weights[weights.sum(dim=1) == 0] = 1.0  # no candidate at all: any sample
+        repeated = torch.multinomial(weights, self.k, replacement=True)
+        return distinct.masked_scatter(short[:, None].expand_as(distinct), repeated)
 
     def _other_class(self, u: Tensor, labels: Tensor) -> Tensor:
         """Negatives uniform over the samples whose recorded label differs from the anchor's.

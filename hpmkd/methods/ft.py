@@ -16,11 +16,17 @@ Decisions, each a constructor argument or stated here:
   gradient, eval mode) and only the student and the translator learn.
 - What is compared (``factor``): ``flatten`` (default) is the paper's vectorised factor, as in
   torchdistill and mmrazor. RepDistiller, whose FT row the CRD benchmark reports, compares
-  ``attention`` vectors instead: the channel mean of the squared factor, one value per
-  position. The two differ in scale (the flattened vector has ``kC`` times more elements, so
-  its elementwise-mean distance is about ``sqrt(kC)`` times smaller at beta 200); pick
-  ``attention`` to reproduce the benchmark's loss. On 1x1 factors (2-D features) the
-  attention vector is a constant 1 and the loss is 0.
+  ``attention`` vectors instead: ``normalize(mean_c(F^2).view(N, -1))``, the channel mean of
+  the squared factor, one value per position, L2-normalised. The two differ in scale (the
+  flattened vector has ``kC`` times more elements: at beta 200 the flattened form's loss is
+  2.6-3.2x and its gradient 16-23x smaller on the CRD pairs); ``fidelity=repdistiller`` (the
+  ``experiment=crd_cifar100/*`` presets and scripts/reproduce.py) selects ``attention``. On
+  1x1 factors (2-D features) the attention vector is a constant 1 and the loss is 0.
+- Learning rate of the initialisation stage (``init_lr``): null (default) is the recipe's lr.
+  RepDistiller (``helper/pretrain.py``) trains the paraphraser at 0.01 when the student is a
+  CIFAR ResNet (resnet8..110, resnet8x4, resnet32x4) or a WRN and at the run's lr otherwise
+  (0.05 for VGG students, 0.01 for MobileNetV2/ShuffleNet ones), always SGD with the recipe's
+  momentum and weight decay and no schedule; the CRD presets set ``pair.ft_init_lr`` so.
 - Reduction of the factor distance (``reduction``): ``mean`` averages ``|d|^p`` over samples
   and factor elements, as RepDistiller (with which the benchmark's beta = 200 was tuned),
   mmrazor and torchdistill do; ``batchmean`` is the paper's per-sample p-norm averaged over
@@ -33,7 +39,9 @@ Decisions, each a constructor argument or stated here:
   normalising (as RepDistiller does). Any channel counts work (the translator maps the
   student's channels to the teacher factor's). 2-D features are 1x1 maps; features that are
   neither (N, C) nor (N, C, H, W) are rejected with a UserError at setup.
-- Features: one each, default ``last_stage`` (RepDistiller's ``feat[-2]``).
+- Features: one each, default ``last_stage``. RepDistiller takes ``feat[-2]``, which is our
+  ``last_stage`` for ResNets and VGG but the RAW last stage output (``stage3_pre``) for WRNs;
+  ``fidelity=repdistiller`` asks for ``feat[-2]`` (``hpmkd.models.features``).
 """
 
 from __future__ import annotations
@@ -92,6 +100,7 @@ class FT(FeatureMethod):
         student_features: Sequence[str] | str = ("last_stage",),
         teacher_features: Sequence[str] | str = ("last_stage",),
         init_epochs: int = 30,
+        init_lr: float | None = None,
         rate: float = 0.5,
         p: float = 1.0,
         factor: str = "flatten",
@@ -123,9 +132,12 @@ class FT(FeatureMethod):
             raise UserError(
                 f"method 'ft': rec_loss must be one of {tuple(REC_LOSSES)}; got {rec_loss!r}"
             )
+        if init_lr is not None and not init_lr > 0:
+            raise UserError(f"method 'ft' needs init_lr > 0 or null; got {init_lr}")
         if not rate > 0 or not p > 0:
             raise UserError(f"method 'ft' needs rate > 0 and p > 0; got rate {rate}, p {p}")
         self.init_epochs = int(init_epochs)
+        self.init_lr = init_lr
         self.rate = rate
         self.p = p
         self.factor = factor
