@@ -10,9 +10,14 @@ Decisions, each a constructor argument or stated here:
 - ``p`` = 2 and beta = 1000 as in the CRD benchmark (RepDistiller); the paper writes the loss
   as beta/2 times the p-norm of the difference, the benchmark (followed here) takes the mean of
   the squared difference over samples and positions.
-- Stages (``student_features``/``teacher_features``, default every stage): paired from the
-  deepest backwards when the counts differ. The CRD benchmark uses its ``feat[1:-1]``, which for
-  ResNets/WRNs are our ``stages``; for VGG it leaves out the first group.
+- Stages (``student_features``/``teacher_features``, default every stage, after its
+  activation): paired from the deepest backwards when the counts differ. The CRD benchmark
+  uses its ``feat[1:-1]``: our ``stages`` for CIFAR ResNets (and resnet8x4/32x4); for WRNs the
+  RAW stage outputs (``stage1_pre``..``stage3_pre``, before the next block's BN-ReLU; on
+  wrn_40_2 -> wrn_16_2 at random init AT*1000 is about twice the post-BN-ReLU value); for VGG
+  groups 2-5 (``stage2``..``stage5``: it leaves out the first group). ``fidelity=repdistiller``
+  (the ``experiment=crd_cifar100/*`` presets) asks for ``feat[1:-1]``, which names exactly
+  these per model (``hpmkd.models.features``).
 - Spatial sizes: maps of different size are average-pooled adaptively to the smaller height and
   width BEFORE the attention map is taken (as the benchmark does). Channel counts may differ:
   the map averages over channels.

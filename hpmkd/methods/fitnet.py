@@ -13,7 +13,10 @@ Decisions the paper leaves open, each a constructor argument:
   is ``stage2`` of 3-stage CIFAR ResNets/WRNs, ``stage3`` of 5-stage VGGs and ``stage2`` of
   4-stage ResNet-50: the middle stage, index ``(n - 1) // 2``. The default ``middle_stage``
   takes that entry of the model's ``stages`` (``hidden1..K`` for MLPs), so it works for both
-  families; any feature name or alias that resolves to one feature can be given instead.
+  families; any feature name or alias that resolves to one feature can be given instead. For
+  WRNs the benchmark's ``feat[2]`` is the RAW stage-2 output (``stage2_pre``, before the next
+  block's BN-ReLU), not ``stage2``; ``fidelity=repdistiller`` (the CRD presets) asks for
+  ``feat[2]``, the benchmark's entry for every model that declares its list.
 - Regressor (CRD's convolutional regressor), chosen from the dry-run shapes, followed by
   BatchNorm and (``regressor_relu``) a ReLU, since the hint is a post-ReLU feature:
   student map twice the teacher's size -> 3x3 conv, stride 2; half its size -> 4x4 transposed

@@ -15,10 +15,13 @@ Decisions, each a constructor argument or stated here:
 - Initialisation weight ``init_weight`` = 1: RepDistiller ``helper/pretrain.py`` sums the FSP
   losses unweighted; it optimises the student's feature modules (everything but the
   classifier), which is what ``init_parameters`` returns.
-- Features (default ``[stem, stages]``, the benchmark's ``feat[:-1]`` for ResNets and WRNs).
-  Models without a stem (VGG, MLPs) need ``[stages]``. Student and teacher features are paired
-  from the deepest backwards when the counts differ, then FSP matrices are taken between
-  consecutive features of each side.
+- Features (default ``[stem, stages]``, after their activations: the benchmark's ``feat[:-1]``
+  for CIFAR ResNets; for WRNs the benchmark takes the RAW outputs, ``stem_pre`` and
+  ``stageK_pre``). Models without a stem (VGG, MLPs) need ``[stages]`` (VGG: the benchmark's
+  ``feat[:-1]``, all five groups). ``fidelity=repdistiller`` (the CRD presets) asks for
+  ``feat[:-1]``, which names exactly these per model (``hpmkd.models.features``). Student and
+  teacher features are paired from the deepest backwards when the counts differ, then FSP
+  matrices are taken between consecutive features of each side.
 - Channel counts must match at every paired feature (the matrices are compared entrywise); a
   mismatch raises UserError, since the benchmark runs FSP on same-width pairs only.
 - Spatial sizes inside a consecutive pair are average-pooled adaptively to the smaller height and

@@ -13,7 +13,10 @@ Decisions, each a constructor argument or stated here:
 - Kernel: polynomial, ``degree`` d = 2 and ``coef0`` c = 0, the paper's best and the CRD
   benchmark's (RepDistiller) setting; beta = 50 as in that benchmark. The teacher-teacher term
   is constant; it is kept so that the value is the MMD itself (0 for identical features).
-- Stages (default every stage) are paired from the deepest backwards when the counts differ.
+- Stages (default every stage, after its activation) are paired from the deepest backwards
+  when the counts differ. The CRD benchmark takes its ``feat[1:-1]``: our ``stages`` for CIFAR
+  ResNets, the RAW stage outputs (``stageK_pre``) for WRNs, groups 2-5 for VGG;
+  ``fidelity=repdistiller`` (the CRD presets) asks for exactly that (``hpmkd.models.features``).
 - Spatial sizes: maps of different size are average-pooled adaptively to the smaller height and
   width (the kernel compares spatial patterns, so the sizes must agree); channel counts may
   differ, MMD compares sets of any size.

@@ -4,9 +4,11 @@ For each paired feature ``Q`` (flattened to ``(b, D)``) the batch Gram matrix ``
 L2-normalised row by row, and the loss is ``||G_t - G_s||_F^2 / b^2``, summed over the pairs.
 Only ``b x b`` matrices are compared, so student and teacher features may differ in channels,
 spatial size and even rank (a 2-D feature is a 1x1 map). Weighted ``ce_weight * CE +
-beta * L_SP`` with the CRD benchmark's CE 1, beta 3000, on the last stage (RepDistiller's
-``feat[-2]``, the last block's output after its activation). With several features, student and
-teacher stages are paired from the deepest backwards (see ``pair_deepest_first``).
+beta * L_SP`` with the CRD benchmark's CE 1, beta 3000, on the last stage (``last_stage``, after
+its activation). RepDistiller takes ``feat[-2]``: the same for CIFAR ResNets and VGG, but the RAW
+last stage output (``stage3_pre``, before the final BN-ReLU) for WRNs; ``fidelity=repdistiller``
+(the CRD presets) asks for ``feat[-2]`` (``hpmkd.models.features``). With several features,
+student and teacher stages are paired from the deepest backwards (see ``pair_deepest_first``).
 """
 
 from __future__ import annotations

@@ -18,9 +18,12 @@ Decisions, each a constructor argument or stated here:
 - Variance init: ``alpha`` (the authors' ``log_scale``) ``= softplus^-1(init_pred_var - eps)``,
   so that every sigma^2 starts at ``init_pred_var`` = 5, with ``eps`` = 1e-5 (authors' code).
 - Reduction: the mean over samples, channels and positions (benchmark), where the paper sums.
-- beta = 1 (CRD benchmark). Stages (default every stage) are paired from the deepest backwards
-  when the counts differ; maps of different spatial size are average-pooled adaptively to the
-  smaller height and width (benchmark); a 2-D feature meeting a map is a 1x1 map.
+- beta = 1 (CRD benchmark). Stages (default every stage, after its activation) are paired from
+  the deepest backwards when the counts differ. The CRD benchmark takes its ``feat[1:-1]``:
+  our ``stages`` for CIFAR ResNets, the RAW stage outputs (``stageK_pre``) for WRNs, groups 2-5
+  for VGG; ``fidelity=repdistiller`` (the CRD presets) asks for exactly that. Maps of
+  different spatial size are average-pooled adaptively to the smaller height and width
+  (benchmark); a 2-D feature meeting a map is a 1x1 map.
 """
 
 from __future__ import annotations
