@@ -461,3 +461,12 @@ def test_acm_choices_show_per_row_as_an_outcome_not_a_key(tmp_path, run_cli, wid
     assert kd["ACM choice"] == "-"
     run = run_cli("report", str(tmp_path))
     assert run.code == 0 and "ACM choice" in run.out and f"{first}; {second}" in run.out
+
+
+def test_a_repeat_keeps_its_configuration_in_the_order_it_first_ran(tmp_path):
+    _run(tmp_path, "1", seed=0, test_acc=70.0, mtime=1_000_000)
+    _run(tmp_path, "2", seed=0, test_acc=71.0, edit=_mts, mtime=1_000_100)
+    _run(tmp_path, "3", seed=0, test_acc=72.0, mtime=1_000_200)
+    table = summarise(collect_results([tmp_path]))
+    assert table["variant"].tolist()[0] == "temperature=unset"
+    assert table["test_acc_mean"].tolist() == [72.0, 71.0]

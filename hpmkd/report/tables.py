@@ -86,7 +86,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     table["compression_ratio"] = grouped["compression_ratio"].first()
     table["student_params"] = grouped["student_params"].first()
     table["extra_params"] = grouped["extra_params"].first()
-    table = table.reset_index()
+    # in the order configurations first ran, a repeat's older run included
+    table = table.reindex(runs.groupby(KEYS, sort=False).size().index).reset_index()
     same = ["data", "recipe", "epochs", "student", "student_params"]
     plain = table[table["strategy"] == "plain"]
     baseline = plain.groupby(same)["test_acc_mean"].first()
