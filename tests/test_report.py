@@ -372,12 +372,14 @@ def test_older_schema_and_unreadable_results_are_set_aside_never_merged(tmp_path
     (old / "results.json").write_text(json.dumps(results))
     (runs / "torn").mkdir()
     (runs / "torn" / "results.json").write_text('{"status": "compl')
+    (runs / "torn_failure").mkdir()
+    (runs / "torn_failure" / "failure.json").write_text('{"status": "fai')
     no_config = _run(runs, "no_config", seed=2, test_acc=40.0, config=None)
 
     assert collect_results([runs])["test_acc"].tolist() == [80.0]
     run = run_cli("report", str(runs), "--out", str(tmp_path / "report"))
     assert run.code == 0, run.err
-    assert "set aside, not merged: 3" in run.out and "failed runs" not in run.out
+    assert "set aside, not merged: 3" in run.out and "failed runs: 1" in run.out
     markdown = (tmp_path / "report" / "summary.md").read_text()
     (row,) = _markdown_rows(markdown)
     assert row["n"] == "1" and row["test acc %"] == "80.00"
@@ -385,6 +387,8 @@ def test_older_schema_and_unreadable_results_are_set_aside_never_merged(tmp_path
     assert f"| {old} | results.json of schema 1;" in aside and "| kd | kd | 1 |" in aside
     assert f"| {runs / 'torn'} | unreadable results.json:" in aside
     assert f"| {no_config} | unreadable config:" in aside
+    failed = markdown.split("Failed runs: 1", 1)[1].split("Set aside", 1)[0]
+    assert f"| {runs / 'torn_failure'} | failed | - | - | - | unreadable failure.json:" in failed
 
 
 def test_only_older_schema_results_is_a_user_error_that_lists_them(tmp_path, run_cli, wide):

@@ -221,8 +221,16 @@ def collect_failures(dirs: Iterable[str | os.PathLike]) -> list[dict]:
                 continue
             record = {"status": status, "error": f"results.json with status {status!r}"}
         elif failure.is_file():
-            record = json.loads(failure.read_text())
+            record = _failure(failure)
         else:
             record = {"status": "unfinished", "error": "no results.json: killed or still running"}
         failures.append(record | {"path": str(run_dir)})
     return failures
+
+
+def _failure(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return {"status": "failed", "error": f"unreadable failure.json: {err}"}
+    return record if isinstance(record, dict) else {"status": "failed", "error": str(record)}
