@@ -54,8 +54,8 @@ def with_group_keys(runs: pd.DataFrame) -> pd.DataFrame:
     each run a newer run of the same configuration and seed supersedes."""
     keys = runs[GROUP].fillna("-")
     runs = runs.assign(**{c: keys[c] for c in GROUP}, variant=variant_labels(runs))
-    newest_first = runs.sort_values("finished", kind="stable").groupby([*KEYS, "seed"])
-    return runs.assign(repeat=newest_first.cumcount(ascending=False) > 0)
+    oldest_first = runs.sort_values("finished", kind="stable").groupby([*KEYS, "seed"])
+    return runs.assign(repeat=oldest_first.cumcount(ascending=False) > 0)
 
 
 def _choices(values: pd.Series) -> str | None:
