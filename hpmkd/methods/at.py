@@ -14,7 +14,8 @@ Decisions, each a constructor argument or stated here:
   activation): paired from the deepest backwards when the counts differ. The CRD benchmark
   uses its ``feat[1:-1]``: our ``stages`` for CIFAR ResNets (and resnet8x4/32x4); for WRNs the
   RAW stage outputs (``stage1_pre``..``stage3_pre``, before the next block's BN-ReLU; on
-  wrn_40_2 -> wrn_16_2 at random init AT*1000 is about twice the post-BN-ReLU value); for VGG
+  wrn_40_2 -> wrn_16_2 at random init, batch 64 in train mode, AT*1000 is 1.28-1.58 on these
+  and 2.59-2.80 on the post-BN-ReLU ``stages``, seeds 0-2); for VGG
   groups 2-5 (``stage2``..``stage5``: it leaves out the first group). ``fidelity=repdistiller``
   (the ``experiment=crd_cifar100/*`` presets) asks for ``feat[1:-1]``, which names exactly
   these per model (``hpmkd.models.features``).

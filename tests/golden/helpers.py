@@ -285,3 +285,64 @@ def method_from_yaml(name: str, *, to_container: bool = True) -> DistillMethod:
     args = set(inspect.signature(METHODS[name].__init__).parameters) - {"self"}
     assert set(cfg) - {"name"} == args
     return build_method(OmegaConf.to_container(cfg, resolve=True) if to_container else cfg)
+
+
+def preset_method_config(experiment: str, method: str) -> dict:
+    """The resolved ``method`` node of ``experiment=<experiment> method=<method>``, composed by
+    Hydra as ``hpmkd train`` does."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from hpmkd import config
+
+    config.setup()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config.config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"method={method}"])
+    return OmegaConf.to_container(cfg.method, resolve=True)  # type: ignore[return-value]
+
+
+def zoo_pair(
+    teacher: str, student: str, *, num_classes: int = 10, seed: int = 0
+) -> tuple[nn.Module, nn.Module]:
+    """Seeded random-init zoo models for 32x32 RGB input, in eval mode (BN running stats)."""
+    from hpmkd.models import build_model
+
+    torch.manual_seed(seed)
+    t = build_model(teacher, num_classes=num_classes, input_shape=(3, 32, 32)).eval()
+    s = build_model(student, num_classes=num_classes, input_shape=(3, 32, 32)).eval()
+    return t, s
+
+
+def run_on_models(
+    method: DistillMethod, student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor
+) -> dict[str, Tensor]:
+    """What the engine does with zoo models: resolve the method's feature aliases, tap the
+    features, set the method up from a dry forward, then return its terms on ``(x, y)``."""
+    from hpmkd.models import FeatureTap
+
+    method.bind_features(student, teacher)
+    with FeatureTap(student, method.student_features) as s_tap:
+        with FeatureTap(teacher, method.teacher_features) as t_tap:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            s_logits = student(x)
+            s_out = ModelOutputs(s_logits, dict(s_tap.features))
+            t_out = ModelOutputs(t_logits, dict(t_tap.features))
+    setup_shapes(
+        method,
+        s_out.features,
+        t_out.features,
+        num_classes=int(s_logits.shape[1]),
+        num_train=max(2, x.shape[0]),
+    )
+    return method(s_out, t_out, y, torch.arange(x.shape[0]))
+
+
+def wrn_raw_outputs(model: nn.Module, x: Tensor) -> list[Tensor]:
+    """The benchmark's WRN feature list by hand: conv1's output and each block group's raw
+    output (no BN-ReLU after it)."""
+    f0 = model.conv1(x)
+    f1 = model.layer1(f0)
+    f2 = model.layer2(f1)
+    return [f0, f1, f2, model.layer3(f2)]

@@ -12,9 +12,13 @@ from hpmkd.methods import build_method
 from .helpers import (
     feature_terms,
     method_from_yaml,
+    preset_method_config,
+    run_on_models,
     setup_method,
     setup_two_vs_three_stages,
     two_stage_conv_pair,
+    wrn_raw_outputs,
+    zoo_pair,
 )
 
 
@@ -124,3 +128,39 @@ def test_low_precision_features_computed_in_fp32():
     assert value.dtype == torch.float32
     expected = _reference_at(fs.bfloat16().float(), ft.bfloat16().float())
     assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
+# --- CRD presets: the benchmark's feature positions ----------------------------------------
+
+
+def _benchmark_attention(f: torch.Tensor) -> torch.Tensor:
+    """The benchmark's AT map: normalize(f.pow(2).mean(1).view(N, -1))."""
+    a = f.pow(2).mean(dim=1).reshape(f.shape[0], -1)
+    return a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def test_crd_preset_takes_the_raw_wrn_block_outputs():
+    teacher, student = zoo_pair("wrn_40_2", "wrn_16_2")
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+    method = build_method(preset_method_config("crd_cifar100/wrn40_2_wrn16_2", "at"))
+    terms = run_on_models(method, student, teacher, x, y)
+    assert method.pairs == [(f"stage{k}_pre", f"stage{k}_pre") for k in (1, 2, 3)]
+    with torch.no_grad():
+        raw_s, raw_t = wrn_raw_outputs(student, x)[1:], wrn_raw_outputs(teacher, x)[1:]
+        expected = 1000 * sum(
+            (_benchmark_attention(s) - _benchmark_attention(t)).pow(2).mean()
+            for s, t in zip(raw_s, raw_t, strict=True)
+        )
+    torch.testing.assert_close(terms["at"].detach(), expected, rtol=1e-5, atol=1e-7)
+    # hpmkd's own default (post-BN-ReLU stages) is another loss on the same nets
+    default = run_on_models(build_method({"name": "at"}), student, teacher, x, y)["at"]
+    assert abs(float(default) - float(expected)) > 0.1 * float(expected)
+
+
+def test_crd_preset_pairs_vgg_groups_two_to_five():
+    teacher, student = zoo_pair("vgg13", "vgg8")
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    method = build_method(preset_method_config("crd_cifar100/vgg13_vgg8", "at"))
+    run_on_models(method, student, teacher, x, y)
+    assert method.pairs == [(f"stage{k}", f"stage{k}") for k in (2, 3, 4, 5)]
