@@ -315,10 +315,17 @@ def zoo_pair(
 
 
 def run_on_models(
-    method: DistillMethod, student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor
+    method: DistillMethod,
+    student: nn.Module,
+    teacher: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    init_stage: bool = False,
 ) -> dict[str, Tensor]:
     """What the engine does with zoo models: resolve the method's feature aliases, tap the
-    features, set the method up from a dry forward, then return its terms on ``(x, y)``."""
+    features, set the method up from a dry forward, then return its terms on ``(x, y)`` (those
+    of its initialisation stage with ``init_stage``)."""
     from hpmkd.models import FeatureTap
 
     method.bind_features(student, teacher)
@@ -336,7 +343,8 @@ def run_on_models(
         num_classes=int(s_logits.shape[1]),
         num_train=max(2, x.shape[0]),
     )
-    return method(s_out, t_out, y, torch.arange(x.shape[0]))
+    step = method.init_forward if init_stage else method
+    return step(s_out, t_out, y, torch.arange(x.shape[0]))
 
 
 def wrn_raw_outputs(model: nn.Module, x: Tensor) -> list[Tensor]:

@@ -11,7 +11,15 @@ from hpmkd.errors import UserError
 from hpmkd.methods import ModelOutputs, build_method
 from hpmkd.methods.ab import boundary_loss
 
-from .helpers import check_one_step, method_from_yaml, setup_method
+from .helpers import (
+    check_one_step,
+    method_from_yaml,
+    preset_method_config,
+    run_on_models,
+    setup_method,
+    wrn_raw_outputs,
+    zoo_pair,
+)
 
 BN_EPS = 1e-5
 
@@ -272,3 +280,82 @@ def test_yaml_keys_are_exactly_the_constructor_arguments():
     assert method.init_epochs == 30 and method.margin == 1.0
     assert method.main_stage_distill is False and method.beta == 0.0
     assert method.student_features == ("stages_pre",)
+
+
+# --- CRD presets: the benchmark's features, connector and stage weights --------------------
+
+
+def _benchmark_ab(sources: list, targets: list) -> torch.Tensor:
+    """The benchmark's AB loss on identity-connected pairs, written out: per pair i of n,
+    2^(i-n+1) * sum(where(t > 0, relu(1 - s), relu(1 + s))^2) / batch * 3 / 1000."""
+    n, total = len(sources), torch.tensor(0.0)
+    for i, (s, t) in enumerate(zip(sources, targets, strict=True)):
+        hinge = torch.where(t > 0, (1 - s).clamp_min(0), (1 + s).clamp_min(0))
+        total = total + 2.0 ** (i - n + 1) * hinge.pow(2).sum() / s.shape[0] * 3 / 1000
+    return total
+
+
+def _vgg_pre(model: nn.Module, x: torch.Tensor) -> list:
+    """VGG group outputs before their last ReLU, groups 1-5, by running the modules by hand."""
+    outs = []
+    for group in range(1, 6):
+        units = list(model.get_submodule(f"stage{group}"))
+        for unit in units[:-1]:
+            x = unit(x)
+        pre = units[-1].bn(units[-1].conv(x))
+        outs.append(pre)
+        x = torch.relu(pre)
+        if group < 5:
+            x = model.get_submodule(f"maxpool{group}")(x)
+    return outs
+
+
+def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)
+
+
+def test_crd_preset_on_vgg_uses_groups_two_to_five_identity_connectors_and_n_four():
+    teacher, student = zoo_pair("vgg13", "vgg8")
+    x, y = _batch(6)
+    method = build_method(preset_method_config("crd_cifar100/vgg13_vgg8", "ab"))
+    terms = run_on_models(method, student, teacher, x, y, init_stage=True)
+    assert method.pairs == [(f"stage{k}_pre", f"stage{k}_pre") for k in (2, 3, 4, 5)]
+    assert all(isinstance(c, nn.Identity) for c in method.connectors)
+    assert sum(p.numel() for p in method.parameters()) == 0
+    with torch.no_grad():
+        expected = _benchmark_ab(_vgg_pre(student, x)[1:], _vgg_pre(teacher, x)[1:])
+    torch.testing.assert_close(terms["ab"].detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_crd_preset_on_wrn_uses_the_bn_outputs_before_the_relu():
+    teacher, student = zoo_pair("wrn_40_2", "wrn_16_2")
+    x, y = _batch(7)
+    method = build_method(preset_method_config("crd_cifar100/wrn40_2_wrn16_2", "ab"))
+    terms = run_on_models(method, student, teacher, x, y, init_stage=True)
+    assert method.pairs == [(f"stage{k}_bn", f"stage{k}_bn") for k in (1, 2, 3)]
+
+    def preact(model: nn.Module) -> list:
+        _, f1, f2, f3 = wrn_raw_outputs(model, x)
+        return [model.layer2[0].bn1(f1), model.layer3[0].bn1(f2), model.bn(f3)]
+
+    with torch.no_grad():
+        expected = _benchmark_ab(preact(student), preact(teacher))
+    torch.testing.assert_close(terms["ab"].detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_identity_connector_only_where_the_shapes_agree():
+    method = build_method({"name": "ab", "connector": "identity_if_same"})
+    setup_method(
+        method, {"s1": (2, 4, 4, 4), "s2": (2, 8, 2, 2)}, {"t1": (2, 4, 4, 4), "t2": (2, 6, 2, 2)}
+    )
+    assert isinstance(method.connectors[0], nn.Identity)
+    assert isinstance(method.connectors[1], nn.Sequential)  # 8 -> 6 channels: 1x1 conv + BN
+    default = build_method({"name": "ab"})
+    setup_method(default, {"s1": (2, 4, 4, 4)}, {"t1": (2, 4, 4, 4)})
+    assert isinstance(default.connectors[0], nn.Sequential)  # conv_bn: hpmkd's, always
+
+
+def test_bad_connector_is_a_user_error():
+    with pytest.raises(UserError, match="method 'ab': connector must be one of"):
+        build_method({"name": "ab", "connector": "linear"})
