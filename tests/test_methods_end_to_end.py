@@ -16,7 +16,7 @@ METHODS = sorted(
     p.stem for p in (config_dir() / "method").glob("*.yaml") if p.stem != "multi_teacher"
 )
 WITH_INIT_STAGE = {"ab", "ft", "fsp"}
-WITH_CONNECTORS = {"fitnet", "vid", "cc", "crd", "ab", "ft"}
+WITH_CONNECTORS = {"fitnet", "vid", "cc", "crd", "ab", "ft", "sakd"}
 
 pytestmark = pytest.mark.slow
 
