@@ -206,7 +206,9 @@ def test_four_rows_are_a_cold_start_five_are_fitted():
     assert five.source == "history" and five.n_history == 5
     assert five.predicted is not None
     assert set(five.importances) == set(META_FEATURES + CONFIG_KEYS)
-    assert sum(five.importances.values()) == pytest.approx(1.0)
+    # T0, alpha, lr, epochs and phi from one forest; epsilon's from the forest of chain rows
+    first = [v for k, v in five.importances.items() if k != "epsilon"]
+    assert sum(first) == pytest.approx(1.0) and 0 <= five.importances["epsilon"] <= 1
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -236,9 +238,12 @@ def test_rows_missing_keys_are_not_relevant():
     null_target = _rows(1, seed=4)[0] | {"result": {"retention": None}}
     no_phi = {"config": default_config(0.1, 10).as_dict(), "result": {"retention": 0.8}}
     history = full + [no_epsilon, no_feature, no_target, null_target, no_phi]
-    assert relevant_rows(history) == full
+    # a row without epsilon (a run without a chain) still teaches T0, alpha, lr and epochs
+    assert relevant_rows(history) == full + [no_epsilon]
     prediction = choose_config(_phi(random.Random(1)), history, **BASE)
-    assert prediction.source == "cold_start" and prediction.n_history == 4
+    assert prediction.source == "history" and prediction.n_history == 5
+    assert prediction.n_chain_history == 4 and prediction.epsilon_source == "default"
+    assert prediction.config.epsilon == 0.5
     assert (
         choose_config(_phi(random.Random(1)), history, target="student_acc", **BASE).n_history == 1
     )
@@ -294,3 +299,46 @@ def test_a_history_without_configuration_variety_keeps_the_defaults():
     prediction = choose_config(phi, rows, base_lr=1e-3, base_epochs=30)
     assert prediction.source == "history"
     assert prediction.config == default_config(1e-3, 30)
+
+
+# --- epsilon only from runs with a chain ----------------------------------------------------------
+
+
+def _epsilon_history(seed: int = 0) -> tuple[list[dict], dict]:
+    """Chain rows where epsilon 1.0 is clearly best, and many KD rows (no epsilon) that did best
+    at T0 3: the KD rows must shape T0 but never epsilon."""
+    rng = random.Random(seed)
+    phi = _phi(rng)
+    rows = []
+    for t0, alpha in itertools.product((2, 3, 4, 5, 6), (0.5, 0.7, 0.9)):
+        config = {"T0": t0, "alpha": alpha, "lr": 0.1, "epochs": 10}
+        rows.append(_row(phi, config, 0.9 - 0.05 * abs(t0 - 3), chain=False))
+    for epsilon in (0.25, 0.5, 1.0, 0.25, 0.5, 1.0):
+        config = {"T0": 4, "alpha": 0.9, "lr": 0.1, "epochs": 10, "epsilon": epsilon}
+        rows.append(_row(phi, config, 0.7 + 0.1 * (epsilon == 1.0), chain=True))
+    return rows, phi
+
+
+def test_epsilon_is_learned_from_chain_rows_only_and_the_rest_from_every_row():
+    rows, phi = _epsilon_history()
+    chained = choose_config(phi, rows, **BASE)
+    assert chained.n_history == 21 and chained.n_chain_history == 6
+    assert chained.config.T0 == 3.0 and chained.config.epsilon == 1.0
+    assert chained.epsilon_source == "history" and "6 of them with a chain" in chained.reason
+    unchained = choose_config(phi, rows, chain=False, **BASE)
+    assert unchained.config.T0 == 3.0 and unchained.epsilon_source == "no chain"
+    assert unchained.config.epsilon == 0.5  # the default, unused by a run without a chain
+    few = choose_config(phi, rows[:-2], **BASE)
+    assert few.n_chain_history == 4 and few.epsilon_source == "default"
+    assert few.config.epsilon == 0.5
+
+
+def test_an_old_row_of_a_run_without_a_chain_has_no_epsilon():
+    """Rows written before epsilon was kept for chains only carry the default 0.5 with
+    ``chain: false``: that value was never used and must not teach epsilon."""
+    rows, phi = _epsilon_history()
+    old = [r | {"config": r["config"] | {"epsilon": 0.5}} for r in rows if r["chain"] is False]
+    chain_rows = [r for r in rows if r["chain"] is True]
+    prediction = choose_config(phi, old + chain_rows, **BASE)
+    assert prediction.n_history == 21 and prediction.n_chain_history == 6
+    assert prediction.config.epsilon == 1.0

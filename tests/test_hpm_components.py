@@ -169,32 +169,52 @@ def _results(method: dict, strategy: dict, **extra) -> dict:
             "recipe": {"optimizer": {"lr": 0.01}, "epochs": 7},
             "paths": {"output_dir": "/runs/x"},
         },
-        "teacher": {"params": 1000, "val_acc": 90.0},
+        "teacher": {"params": 1000, "val_acc": 90.0, "test_acc": 80.0},
         "student": {"params": 100},
         "acc_best": 81.0,
+        "test_acc": 72.0,
         "data": {"name": "toy"},
         "strategy": strategy["name"],
         **extra,
     }
 
 
-def test_a_kd_run_becomes_a_history_row_measured_on_validation_data():
+def test_a_kd_run_becomes_a_history_row_with_test_retention_and_no_epsilon():
+    """Retention is test over test, as in results.json; a KD run has no chain, so no epsilon.
+    The teacher's meta-feature stays its validation accuracy (known when ACM chooses)."""
     kd = {"name": "kd", "temperature": 3.0, "ce_weight": 0.25, "kd_weight": 0.75}
     row = history_row(_results(kd, {"name": "kd"}), _splits())
-    assert row["config"] == {"T0": 3.0, "alpha": 0.75, "lr": 0.01, "epochs": 7, "epsilon": 0.5}
+    assert row["config"] == {"T0": 3.0, "alpha": 0.75, "lr": 0.01, "epochs": 7}
     assert row["chain"] is False
-    assert row["result"] == {"retention": pytest.approx(0.9), "student_acc": 81.0}
+    assert row["result"] == {
+        "retention": pytest.approx(0.9),  # 72 / 80, not 81 / 90 on validation
+        "student_acc": 72.0,
+        "teacher_acc": 80.0,
+        "split": "test",
+    }
+    assert row["phi"]["teacher_acc"] == 90.0
     assert row["phi"]["compression_ratio"] == pytest.approx(10.0)
     assert row["phi"]["n_train"] == 10 and row["phi"]["class_imbalance"] == 2.0
+
+
+def test_a_progressive_run_records_its_epsilon():
+    kd = {"name": "kd", "temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
+    strategy = {"name": "progressive", "epsilon": 0.25, "max_length": 3}
+    row = history_row(_results(kd, strategy), _splits())
+    assert row["chain"] is True and row["config"]["epsilon"] == 0.25
 
 
 def test_hpmkd_rows_record_the_configuration_acm_chose_and_som_off_records_nothing():
     method = {"name": "multi_teacher", "temperature": 4.0, "alpha": 0.9}
     chosen = {"T0": 5.0, "alpha": 0.7, "lr": 0.02, "epochs": 7, "epsilon": 1.0}
-    strategy = {"name": "hpmkd", "epsilon": 0.5, "components": {"som": True}}
+    components = {"som": True, "pdc": True}
+    strategy = {"name": "hpmkd", "epsilon": 0.5, "max_length": 3, "components": components}
     row = history_row(_results(method, strategy, details={"config": chosen}), _splits())
     assert row["config"] == chosen and row["chain"] is True
-    strategy["components"]["som"] = False
+    components["pdc"] = False  # no chain: epsilon was not used
+    row = history_row(_results(method, strategy, details={"config": chosen}), _splits())
+    assert row["chain"] is False and "epsilon" not in row["config"]
+    components["som"] = False
     assert history_row(_results(method, strategy, details={"config": chosen}), _splits()) is None
 
 

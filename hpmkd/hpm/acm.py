@@ -3,13 +3,24 @@
 METHODS.md section 2, item 1. A run is described by meta-features phi (``META_FEATURES``) and
 configured by c = (T0, alpha, lr, epochs, epsilon) (``CONFIG_KEYS``). A random forest g(phi, c) -> r
 is fitted on the run history H (``hpmkd.hpm.history``), where r is the target result (retention by
-default), and the chosen configuration is the argmax of g over a candidate grid for the current
-phi. With fewer than ``min_history`` relevant runs ACM does not guess: it returns the documented
-defaults (``default_config``).
+default: the student's test accuracy over the teacher's, as measured by the runs of the history),
+and the chosen configuration is the argmax of g over a candidate grid for the current phi. With
+fewer than ``min_history`` relevant runs ACM does not guess: it returns the documented defaults
+(``default_config``).
 
-A history row is *relevant* when its ``phi`` has every meta-feature, its ``config`` every config
-key and its ``result`` the target, all as finite numbers. Rows from any dataset count: the
-meta-features are what lets the forest carry what it learned across settings.
+epsilon is the chain's threshold (PDC): only runs with a chain have one, and a row without it is
+never given an invented value. So the choice is made in two steps. (1) A forest fitted on every
+relevant row, over phi and ``RUN_KEYS`` (T0, alpha, lr, epochs), picks those four. (2) For a run
+with a chain, a second forest fitted only on the rows that have an epsilon, over phi and every
+config key, picks epsilon for the four chosen values; with fewer than ``min_history`` such rows
+epsilon keeps its default. epsilon's effect is thus learned only from runs it had an effect on,
+and the rows without a chain still teach T0, alpha, lr and epochs.
+
+A history row is *relevant* when its ``phi`` has every meta-feature, its ``config`` every run key
+and its ``result`` the target, all as finite numbers. Rows from any dataset count: the
+meta-features are what lets the forest carry what it learned across settings. A row written before
+the history recorded epsilon only for chains (``"chain": false`` with an ``"epsilon"``) is read as
+having no epsilon.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +51,7 @@ META_FEATURES = (
     "teacher_acc",
 )
 CONFIG_KEYS = ("T0", "alpha", "lr", "epochs", "epsilon")
+RUN_KEYS = CONFIG_KEYS[:-1]  # what every KD-style run has; epsilon only a run with a chain
 UNKNOWN_TEACHER_ACC = -1.0
 REPORT_ROWS = 20
 
@@ -139,6 +151,16 @@ def candidate_grid(
     ``space`` replaces any axis of ``DEFAULT_SPACE``: values for T0, alpha and epsilon as they are,
     for lr multipliers of ``base_lr``, for epochs absolute epoch counts (default: ``base_epochs``).
     """
+    axes = _axes(base_lr, base_epochs, space)
+    return [
+        ACMConfig(float(t0), float(alpha), float(lr), int(epochs), float(epsilon))
+        for t0, alpha, lr, epochs, epsilon in itertools.product(*(axes[k] for k in CONFIG_KEYS))
+    ]
+
+
+def _axes(
+    base_lr: float, base_epochs: int, space: Mapping[str, Sequence] | None
+) -> dict[str, Sequence]:
     axes: dict[str, Sequence] = {**DEFAULT_SPACE, "epochs": (base_epochs,)}
     for name, values in (space or {}).items():
         if name not in axes:
@@ -147,10 +169,7 @@ def candidate_grid(
             raise UserError(f"ACM search axis '{name}' has no values")
         axes[name] = values
     axes["lr"] = [base_lr * multiplier for multiplier in axes["lr"]]
-    return [
-        ACMConfig(float(t0), float(alpha), float(lr), int(epochs), float(epsilon))
-        for t0, alpha, lr, epochs, epsilon in itertools.product(*(axes[k] for k in CONFIG_KEYS))
-    ]
+    return axes
 
 
 @dataclass
@@ -158,14 +177,16 @@ class Prediction:
     config: ACMConfig
     source: str  # "history" or "cold_start"
     predicted: float | None
-    n_history: int
+    n_history: int  # relevant rows, those T0, alpha, lr and epochs were learned from
     reason: str
     importances: dict[str, float] = field(default_factory=dict)
+    n_chain_history: int = 0  # relevant rows with an epsilon (runs with a chain)
+    epsilon_source: str = "default"  # "history", "default", or "no chain" (the run has none)
 
 
 def relevant_rows(history: Sequence[Mapping], target: str = "retention") -> list[Mapping]:
-    """The rows ACM can learn from: every meta-feature, config key and the target, all finite."""
-    return [row for row in history if _training_pair(row, target) is not None]
+    """The rows ACM can learn from: every meta-feature, run key and the target, all finite."""
+    return [row for row in history if _training_pair(row, target, RUN_KEYS) is not None]
 
 
 def _finite(section: Any, keys: Sequence[str]) -> list[float] | None:
@@ -181,9 +202,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _training_pair(row: Mapping, target: str) -> tuple[list[float], float] | None:
+def _training_pair(
+    row: Mapping, target: str, keys: Sequence[str]
+) -> tuple[list[float], float] | None:
+    if "epsilon" in keys and row.get("chain") is False:
+        return None  # an old row's epsilon of a run without a chain: not a value it used
     phi = _finite(row.get("phi"), META_FEATURES)
-    config = _finite(row.get("config"), CONFIG_KEYS)
+    config = _finite(row.get("config"), keys)
     result = _finite(row.get("result"), (target,))
     if phi is None or config is None or result is None:
         return None
@@ -200,6 +225,7 @@ def choose_config(
     *,
     base_lr: float,
     base_epochs: int,
+    chain: bool = True,
     min_history: int = 5,
     target: str = "retention",
     space: Mapping[str, Sequence] | None = None,
@@ -207,63 +233,120 @@ def choose_config(
 ) -> Prediction:
     """The candidate configuration with the best predicted ``target`` for this ``phi``.
 
-    Ties go to the candidate nearest the defaults (relative distance per axis). With fewer than
-    ``min_history`` relevant rows (at least one is always needed) the result is
-    ``default_config`` with source "cold_start".
+    T0, alpha, lr and epochs come from every relevant row; for a run with a ``chain``, epsilon
+    from the rows that have one (module docstring); without a chain epsilon keeps its default,
+    unused. Ties go to the candidate nearest the defaults (relative distance per axis). With
+    fewer than ``min_history`` relevant rows (at least one is always needed) the result is
+    ``default_config`` with source "cold_start". ``seed`` seeds the forests: a fixed setting, so
+    that one history gives runs with different seeds the same choice.
     """
     missing = [k for k in META_FEATURES if k not in phi]
     if missing:
         raise ValueError(f"phi lacks meta-features: {', '.join(missing)}")
-    grid = candidate_grid(base_lr, base_epochs, space)  # first, so a bad space fails on cold start
-    usable = [p for p in (_training_pair(row, target) for row in history) if p is not None]
+    axes = _axes(base_lr, base_epochs, space)  # first, so a bad space fails on cold start
+    usable = _pairs(history, target, RUN_KEYS)
+    with_epsilon = _pairs(history, target, CONFIG_KEYS)
     needed = max(min_history, 1)
+    default = default_config(base_lr, base_epochs)
+    epsilon_source = "default" if chain else "no chain"
     if len(usable) < needed:
         return Prediction(
-            config=default_config(base_lr, base_epochs),
+            config=default,
             source="cold_start",
             predicted=None,
             n_history=len(usable),
             reason=f"{_runs(len(usable))}, fewer than {needed}: documented defaults",
+            n_chain_history=len(with_epsilon),
+            epsilon_source=epsilon_source,
         )
-    forest = RandomForestRegressor(n_estimators=200, random_state=seed, min_samples_leaf=1)
-    forest.fit(np.array([x for x, _ in usable]), np.array([y for _, y in usable]))
     phi_values = [float(phi[k]) for k in META_FEATURES]
-    scores = forest.predict(np.array([phi_values + list(_config_values(c)) for c in grid]))
-    # A forest that never split on a configuration key predicts the same for every candidate:
-    # ties go to the candidate nearest the documented defaults, never to a corner of the grid.
-    default = default_config(base_lr, base_epochs)
-    best = max(range(len(grid)), key=lambda i: (round(scores[i], 9), -_distance(grid[i], default)))
+    runs = [
+        replace(default, T0=float(t0), alpha=float(alpha), lr=float(lr), epochs=int(epochs))
+        for t0, alpha, lr, epochs in itertools.product(*(axes[k] for k in RUN_KEYS))
+    ]
+    forest = _forest(usable, seed)
+    best, predicted = _argmax(forest, phi_values, runs, RUN_KEYS, default)
+    importances = dict(zip(META_FEATURES + RUN_KEYS, _importances(forest), strict=True))
+    reason = (
+        f"{_runs(len(usable))}: random-forest argmax of predicted {target} "
+        f"over {len(runs)} candidate configurations"
+    )
+    if chain and len(with_epsilon) >= needed:
+        chain_forest = _forest(with_epsilon, seed)
+        candidates = [replace(best, epsilon=float(e)) for e in axes["epsilon"]]
+        best, predicted = _argmax(chain_forest, phi_values, candidates, CONFIG_KEYS, default)
+        importances["epsilon"] = _importances(chain_forest)[-1]
+        epsilon_source = "history"
+        reason += f"; epsilon from the {len(with_epsilon)} of them with a chain"
+    elif chain:
+        reason += (
+            f"; {len(with_epsilon)} of them with a chain, fewer than {needed}: default epsilon"
+        )
     return Prediction(
-        config=grid[best],
+        config=best,
         source="history",
-        predicted=float(scores[best]),
+        predicted=predicted,
         n_history=len(usable),
-        reason=(
-            f"{_runs(len(usable))}: random-forest argmax of predicted {target} "
-            f"over {len(grid)} candidate configurations"
-        ),
-        importances=dict(
-            zip(META_FEATURES + CONFIG_KEYS, map(float, forest.feature_importances_), strict=True)
-        ),
+        reason=reason,
+        importances=importances,
+        n_chain_history=len(with_epsilon),
+        epsilon_source=epsilon_source,
     )
 
 
-def _distance(config: ACMConfig, default: ACMConfig) -> float:
-    pairs = zip(_config_values(config), _config_values(default), strict=True)
+def _pairs(
+    history: Sequence[Mapping], target: str, keys: Sequence[str]
+) -> list[tuple[list[float], float]]:
+    return [p for p in (_training_pair(row, target, keys) for row in history) if p is not None]
+
+
+def _forest(pairs: Sequence[tuple[list[float], float]], seed: int) -> RandomForestRegressor:
+    forest = RandomForestRegressor(n_estimators=200, random_state=seed, min_samples_leaf=1)
+    forest.fit(np.array([x for x, _ in pairs]), np.array([y for _, y in pairs]))
+    return forest
+
+
+def _importances(forest: RandomForestRegressor) -> list[float]:
+    return [float(v) for v in forest.feature_importances_]
+
+
+def _argmax(
+    forest: RandomForestRegressor,
+    phi_values: list[float],
+    candidates: Sequence[ACMConfig],
+    keys: Sequence[str],
+    default: ACMConfig,
+) -> tuple[ACMConfig, float]:
+    values = [[float(getattr(c, k)) for k in keys] for c in candidates]
+    scores = forest.predict(np.array([phi_values + v for v in values]))
+    # A forest that never split on a configuration key predicts the same for every candidate:
+    # ties go to the candidate nearest the documented defaults, never to a corner of the grid.
+    best = max(
+        range(len(candidates)),
+        key=lambda i: (round(scores[i], 9), -_distance(candidates[i], default, keys)),
+    )
+    return candidates[best], float(scores[best])
+
+
+def _distance(config: ACMConfig, default: ACMConfig, keys: Sequence[str]) -> float:
+    pairs = ((float(getattr(config, k)), float(getattr(default, k))) for k in keys)
     return sum(abs(a - b) / abs(b) if b else abs(a) for a, b in pairs)
 
 
-def _config_values(config: ACMConfig) -> tuple[float, ...]:
-    return tuple(float(getattr(config, k)) for k in CONFIG_KEYS)
-
-
 def print_report(
-    console: Console, phi: Mapping[str, float], prediction: Prediction, rows: Sequence[Mapping]
+    console: Console,
+    phi: Mapping[str, float],
+    prediction: Prediction,
+    rows: Sequence[Mapping],
+    history: str | None = None,
 ) -> None:
-    """Print phi, the chosen configuration and why, and the last ``REPORT_ROWS`` history rows."""
+    """Print phi, the chosen configuration and why, and the last ``REPORT_ROWS`` history rows
+    (``history``: which history they come from, in words)."""
     console.print(_phi_table(phi, prediction.importances))
     console.print(_config_table(prediction))
-    console.print(f"source: {prediction.source}")
+    if history:
+        console.print(f"history: {history}")
+    console.print(f"source: {prediction.source} (epsilon: {prediction.epsilon_source})")
     if prediction.predicted is not None:
         console.print(f"predicted result: {prediction.predicted:.4g}")
     console.print(f"reason: {prediction.reason}")
@@ -298,6 +381,10 @@ def _config_table(prediction: Prediction) -> Table:
     return table
 
 
+def _used(row: Mapping, config: Mapping, key: str) -> Any:
+    return None if key == "epsilon" and row.get("chain") is False else config.get(key)
+
+
 def _history_table(rows: Sequence[Mapping]) -> Table:
     shown = list(rows)[-REPORT_ROWS:]
     title = (
@@ -312,7 +399,7 @@ def _history_table(rows: Sequence[Mapping]) -> Table:
         table.add_row(
             _fmt(row.get("data")),
             _fmt(row.get("strategy")),
-            *(_fmt(config.get(k)) for k in CONFIG_KEYS),
+            *(_fmt(_used(row, config, k)) for k in CONFIG_KEYS),
             *(_fmt(result.get(k)) for k in results),
         )
     return table

@@ -21,6 +21,9 @@ and ACM simply does not learn from rows that lack what it needs.
 Concurrent runs append safely: each row is one ``write`` of a whole line, made under a file lock
 (``history.jsonl.lock`` beside it) and flushed to disk before the lock is released. A line torn by
 a crash is skipped when reading, with a warning.
+
+``freeze`` copies the history, once, to a snapshot file (a sweep's ``acm_history.jsonl``, see
+``hpmkd.hpm.source``), so that every member of a sweep reads the rows that existed when it began.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from hpmkd.io import write_atomic
 
 HISTORY_FILE = "history.jsonl"
 
@@ -72,9 +77,39 @@ def read_history(store_root: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         return []
     with lock:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        text = path.read_text(encoding="utf-8", errors="replace")
+    return _parse(text, path)
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a history file that nobody appends to (a snapshot, a copy): read without a
+    lock, so that nothing is ever created beside it; [] when the file is empty."""
+    path = Path(path).expanduser()
+    return _parse(path.read_text(encoding="utf-8", errors="replace"), path)
+
+
+def freeze(store_root: str | os.PathLike, snapshot: str | os.PathLike) -> bool:
+    """Copy the store's history to ``snapshot`` unless that file exists already; True when this
+    call made the copy. Under a lock beside ``snapshot``, so that of concurrent callers exactly
+    one copies and none reads a half-written snapshot; a store without a history gives an empty
+    snapshot (the rows appended later must stay out of it)."""
+    snapshot = Path(snapshot)
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(snapshot.with_name(snapshot.name + ".lock"))):
+        if snapshot.is_file():
+            return False
+        path, lock = _paths(store_root)
+        data = b""
+        if path.is_file():
+            with lock:
+                data = path.read_bytes()
+        write_atomic(snapshot, lambda tmp: tmp.write_bytes(data))
+        return True
+
+
+def _parse(text: str, path: Path) -> list[dict]:
     rows, skipped = [], 0
-    for line in lines:
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:

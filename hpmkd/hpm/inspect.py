@@ -7,12 +7,15 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import open_dict
 from rich.console import Console
 
 from hpmkd import config
 from hpmkd.data import load_data
-from hpmkd.hpm.record import consult_acm
+from hpmkd.errors import UserError
+from hpmkd.hpm.record import consult_acm, has_chain
+from hpmkd.hpm.source import history_source, validate_acm
 from hpmkd.models import count_parameters
 from hpmkd.store import ArtifactStore, content_key
 from hpmkd.strategies.context import RunContext
@@ -27,13 +30,19 @@ def show_acm(overrides: list[str], console: Console | None = None) -> None:
     otherwise it is unknown to ACM.
     """
     config.setup()
-    with initialize_config_dir(str(config.config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=["+strategy=hpmkd", *overrides], return_hydra_config=True)
+    try:
+        with initialize_config_dir(str(config.config_dir()), version_base="1.3"):
+            cfg = compose(
+                "train", overrides=["+strategy=hpmkd", *overrides], return_hydra_config=True
+            )
+    except HydraException as err:
+        raise UserError(_compose_error(err)) from None
     # `${hydra:runtime.cwd}` (paths.shared_data) resolves only while a Hydra config is set
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]
     config.validate(cfg)
+    validate_acm(cfg)
     data = load_data(cfg.data)
     store = ArtifactStore(cfg.store.root)
     ctx = RunContext(cfg, Path(tempfile.gettempdir()), data, store)
@@ -45,6 +54,15 @@ def show_acm(overrides: list[str], console: Console | None = None) -> None:
     teacher_params, teacher_acc = max(sizes, key=lambda s: s[0])
     student_params = count_parameters(ctx.build(cfg.student))
     consult_acm(
-        cfg, data, teacher_params=teacher_params, teacher_acc=teacher_acc,
-        student_params=student_params, console=console,
+        cfg, data, source=history_source(cfg), chain=has_chain(cfg.strategy),
+        teacher_params=teacher_params, teacher_acc=teacher_acc, student_params=student_params,
+        console=console,
     )  # fmt: skip
+
+
+def _compose_error(err: HydraException) -> str:
+    """A composition error in one line: an unknown option names the valid ones."""
+    if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        return f"unknown {group} '{name}'; valid: {', '.join(sorted(err.options))}"
+    return " ".join(str(err).split())

@@ -3,29 +3,29 @@ finished, its row of the run history ACM learns from (METHODS.md 2.1 and 2.6).
 
 Only runs that distil with a temperature and a KD weight (``kd``, ``multi_teacher``; the
 strategies kd, takd, progressive, multi_teacher, hpmkd) describe a point of ACM's search space.
-The result is measured on validation data (student best-validation accuracy over the teacher's
-validation accuracy), so choosing a configuration never looks at the test set. A run without a
-chain is recorded with the default epsilon (it had no effect there) and ``chain: false``.
+A row's result is the one definition of retention used everywhere (results.json, reports): the
+student's test accuracy (at the best-validation epoch) over the teacher's test accuracy. ACM thus
+learns from earlier runs' test results, while a run's own choice is made before it is trained
+and never looks at its test set; the meta-feature ``teacher_acc`` is the teacher's validation
+accuracy, as known when the choice is made. Rows written before this (no ``"split": "test"`` in
+their result) hold validation accuracies; they stay readable and usable.
+
+A row records only the settings the run used: epsilon only for a run with a chain (progressive,
+hpmkd with PDC on), ``"chain"`` says which.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
 
 from hpmkd.data.splits import DataSplits
-from hpmkd.hpm.acm import (
-    DEFAULT_EPSILON,
-    Prediction,
-    choose_config,
-    meta_features,
-    print_report,
-    relevant_rows,
-)
-from hpmkd.hpm.history import read_history
+from hpmkd.hpm.acm import Prediction, choose_config, meta_features, print_report, relevant_rows
+from hpmkd.hpm.source import HistorySource
 
 
 def _alpha(method: dict[str, Any]) -> float | None:
@@ -56,25 +56,39 @@ def consult_acm(
     cfg: Any,
     data: DataSplits,
     *,
+    source: HistorySource,
+    chain: bool,
     teacher_params: int,
     teacher_acc: float | None,
     student_params: int,
     console: Console | None = None,
 ) -> Prediction:
-    """ACM's choice for this run's setting from the history in its store, printed with the
-    meta-features and the history rows it learned from."""
+    """ACM's choice for this run's setting from the rows of ``source`` (epsilon too when the run
+    has a ``chain``), printed with the meta-features and the history rows it learned from."""
     phi = setting_features(data, teacher_params, student_params, teacher_acc)
-    history = read_history(cfg.store.root)
+    history = source.rows()
     prediction = choose_config(
         phi,
         history,
         base_lr=float(cfg.recipe.optimizer.lr),
         base_epochs=int(cfg.recipe.epochs),
+        chain=chain,
         min_history=cfg.strategy.acm.min_history,
-        seed=cfg.seed,
+        seed=cfg.strategy.acm.seed,
     )
-    print_report(console or Console(), phi, prediction, relevant_rows(history)[-20:])
+    where = f"{source.mode}, {source.path} ({len(history)} rows)"
+    print_report(console or Console(), phi, prediction, relevant_rows(history), history=where)
     return prediction
+
+
+def has_chain(strategy: Mapping[str, Any]) -> bool:
+    """Whether a run of this strategy config grows a chain (and so uses epsilon)."""
+    components = strategy.get("components") or {}
+    return (
+        "epsilon" in strategy
+        and components.get("pdc", True)
+        and (strategy.get("max_length") or 0) > 0
+    )
 
 
 def history_row(results: dict[str, Any], data: DataSplits) -> dict[str, Any] | None:
@@ -82,13 +96,14 @@ def history_row(results: dict[str, Any], data: DataSplits) -> dict[str, Any] | N
     config = results["config"]
     teacher, method = results.get("teacher"), config.get("method")
     strategy = config.get("strategy") or {}
-    if not teacher or not method or not teacher.get("val_acc") or results["acc_best"] is None:
+    if not teacher or not method or not teacher.get("test_acc") or results["test_acc"] is None:
         return None
     if not (strategy.get("components") or {}).get("som", True):
         return None
     alpha = _alpha(method)
     if alpha is None:
         return None
+    chain = has_chain(strategy)
     chosen = (results.get("details") or {}).get("config")
     if chosen is None:
         schedule = config.get("temperature") or {}
@@ -97,18 +112,23 @@ def history_row(results: dict[str, Any], data: DataSplits) -> dict[str, Any] | N
             "alpha": alpha,
             "lr": float(config["recipe"]["optimizer"]["lr"]),
             "epochs": int(config["recipe"]["epochs"]),
-            "epsilon": float(strategy.get("epsilon", DEFAULT_EPSILON)),
         }
+        if chain:
+            chosen["epsilon"] = float(strategy["epsilon"])
+    elif not chain:
+        chosen = {k: v for k, v in chosen.items() if k != "epsilon"}
     phi = setting_features(
-        data, teacher["params"], results["student"]["params"], teacher["val_acc"]
+        data, teacher["params"], results["student"]["params"], teacher.get("val_acc")
     )
     return {
         "phi": phi,
         "config": chosen,
-        "chain": "epsilon" in strategy,
+        "chain": chain,
         "result": {
-            "retention": results["acc_best"] / teacher["val_acc"],
-            "student_acc": results["acc_best"],
+            "retention": results["test_acc"] / teacher["test_acc"],
+            "student_acc": results["test_acc"],
+            "teacher_acc": teacher["test_acc"],
+            "split": "test",
         },
         "data": results["data"]["name"],
         "strategy": results["strategy"],

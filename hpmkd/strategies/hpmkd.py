@@ -2,8 +2,10 @@
 
 1. Teachers (``teachers=[...]`` or the one ``teacher``) are obtained; missing ones are trained
    concurrently (PPP).
-2. ACM reads the run history from the shared memory and picks T0, alpha, lr, epochs and the
-   chain's epsilon for this setting (documented defaults on a cold start).
+2. ACM reads the run history from the shared memory (live, or the sweep's snapshot: see
+   ``hpmkd.hpm.source``) and picks T0, alpha, lr, epochs and the chain's epsilon for this setting
+   (documented defaults on a cold start); results.json's ``details.acm`` says from which history
+   and how many rows.
 3. PDC grows the chain; every link and every candidate student distils from the AWMT ensemble
    of all models above it, with MTS driving the temperature.
 4. SOM: every model is stored and reused, and the finished run joins the history ACM learns from.
@@ -11,8 +13,8 @@
 Each component has an off switch, ``strategy.components.<acm|pdc|awmt|mts|ppp|som>=false``:
 ACM off uses the configured values; PDC off distils the student straight from the teachers; AWMT
 off averages the teachers uniformly; MTS off keeps the temperature at T0; PPP off runs teachers
-and jobs one after another; SOM off gives the run a private, empty store and keeps it out of the
-history.
+and jobs one after another; SOM off gives the run a private, empty store (so ACM, if on, starts
+cold) and keeps it out of the history.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpmkd.hpm.acm import ACMConfig, Prediction
-from hpmkd.hpm.record import consult_acm
+from hpmkd.hpm.record import consult_acm, has_chain
+from hpmkd.hpm.source import HistorySource, history_source
 from hpmkd.models import count_parameters
 from hpmkd.store import ArtifactStore
 from hpmkd.strategies.context import RunContext, StrategyResult
@@ -47,19 +50,37 @@ def configured(cfg: DictConfig) -> ACMConfig:
     )
 
 
-def choose(ctx: RunContext, teachers: list[Trained]) -> tuple[ACMConfig, Prediction | None]:
+def choose(ctx: RunContext, teachers: list[Trained]) -> tuple[ACMConfig, dict[str, Any] | None]:
+    """The run's configuration, and what ACM based it on (None when ACM is off)."""
     cfg = ctx.cfg
-    if not cfg.strategy.components.acm:
+    components = cfg.strategy.components
+    if not components.acm:
         return configured(cfg), None
+    # SOM off: the run's private store, and so an empty history (ACM's cold start)
+    source = history_source(cfg, None if components.som else ctx.store.root)
     _, teacher = max(teachers, key=lambda t: t[1].params)
     prediction = consult_acm(
         cfg,
         ctx.data,
+        source=source,
+        chain=has_chain(cfg.strategy),
         teacher_params=teacher.params,
         teacher_acc=teacher.val_acc,
         student_params=count_parameters(ctx.build(cfg.student)),
     )
-    return prediction.config, prediction
+    return prediction.config, _acm_details(prediction, source)
+
+
+def _acm_details(prediction: Prediction, source: HistorySource) -> dict[str, Any]:
+    return {
+        "source": prediction.source,
+        "predicted_retention": prediction.predicted,
+        "n_history": prediction.n_history,
+        "n_chain_history": prediction.n_chain_history,
+        "epsilon_source": prediction.epsilon_source,
+        "history": source.as_dict(),
+        "reason": prediction.reason,
+    }
 
 
 def applied(cfg: DictConfig, chosen: ACMConfig) -> DictConfig:
@@ -85,7 +106,7 @@ def run(ctx: RunContext) -> StrategyResult:
     if not components.som:
         ctx = replace(ctx, store=ArtifactStore(ctx.out_dir / "private_store"))
     teachers = obtain_teachers(ctx, parallel=components.ppp)
-    chosen, prediction = choose(ctx, teachers)
+    chosen, acm = choose(ctx, teachers)
     ctx = replace(ctx, cfg=applied(ctx.cfg, chosen))
     method_cfg: dict[str, Any] = OmegaConf.to_container(ctx.cfg.method, resolve=True)  # type: ignore[assignment]
 
@@ -101,14 +122,7 @@ def run(ctx: RunContext) -> StrategyResult:
     result.details |= {
         "components": {name: bool(components[name]) for name in COMPONENTS},
         "config": chosen.as_dict(),
-        "acm": None
-        if prediction is None
-        else {
-            "source": prediction.source,
-            "predicted": prediction.predicted,
-            "n_history": prediction.n_history,
-            "reason": prediction.reason,
-        },
+        "acm": acm,
         "teachers": [asdict(r) for _, r in teachers],
     }
     return result
