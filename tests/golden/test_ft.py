@@ -11,7 +11,15 @@ from hpmkd.errors import UserError
 from hpmkd.methods import ModelOutputs, build_method
 from hpmkd.methods.ft import factor_distance
 
-from .helpers import check_one_step, method_from_yaml, setup_method
+from .helpers import (
+    check_one_step,
+    method_from_yaml,
+    preset_method_config,
+    run_on_models,
+    setup_method,
+    wrn_raw_outputs,
+    zoo_pair,
+)
 
 
 def _setup(method, s_shapes, t_shapes):
@@ -218,3 +226,45 @@ def test_yaml_keys_are_exactly_the_constructor_arguments():
     method = method_from_yaml("ft")
     assert (method.beta, method.rate, method.p, method.init_epochs) == (200.0, 0.5, 1.0, 30)
     assert method.student_features == ("last_stage",)
+
+
+# --- CRD presets: the benchmark's factor, feature and initialisation lr --------------------
+
+
+def test_crd_preset_compares_attention_factors_of_the_raw_wrn_output():
+    teacher, student = zoo_pair("wrn_40_2", "wrn_16_2")
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)
+    cfg = preset_method_config("crd_cifar100/wrn40_2_wrn16_2", "ft")
+    assert cfg["factor"] == "attention" and cfg["init_lr"] == 0.01
+    method = build_method(cfg)
+    terms = run_on_models(method, student, teacher, x, y)
+    assert method.pairs == [("stage3_pre", "stage3_pre")]
+    with torch.no_grad():
+        factor_s = method.translator(wrn_raw_outputs(student, x)[-1])
+        factor_t = method.encoder.eval()(wrn_raw_outputs(teacher, x)[-1])
+
+        # the benchmark's FT: normalize(F.pow(2).mean(1).view(N, -1)), |difference|.mean()
+        def vec(f: torch.Tensor) -> torch.Tensor:
+            return F.normalize(f.pow(2).mean(1).reshape(f.shape[0], -1))
+
+        expected = 200 * (vec(factor_s) - vec(factor_t)).abs().mean()
+    torch.testing.assert_close(terms["ft"].detach(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_crd_preset_init_lr_is_the_benchmark_one_per_student():
+    for pair, lr in [
+        ("r56_r20", 0.01),
+        ("r110_r32", 0.01),
+        ("r32x4_r8x4", 0.01),
+        ("wrn40_2_wrn16_2", 0.01),
+        ("vgg13_vgg8", None),  # RepDistiller: the run's lr (0.05) for VGG students
+    ]:
+        method = build_method(preset_method_config(f"crd_cifar100/{pair}", "ft"))
+        assert method.init_lr == lr, pair
+    assert build_method({"name": "ft"}).init_lr is None  # hpmkd's default: the recipe's lr
+
+
+def test_bad_init_lr_is_a_user_error():
+    with pytest.raises(UserError, match="method 'ft' needs init_lr > 0 or null"):
+        build_method({"name": "ft", "init_lr": 0.0})
