@@ -14,7 +14,13 @@ from hpmkd.methods import ModelOutputs, build_method
 from hpmkd.methods import crd as crd_module
 from hpmkd.methods.crd import nce_loss
 
-from .helpers import check_one_step, feature_outputs, method_from_yaml, setup_method
+from .helpers import (
+    check_one_step,
+    feature_outputs,
+    method_from_yaml,
+    preset_method_config,
+    setup_method,
+)
 
 EPS = 1e-7  # the reference implementation's epsilon, negligible next to K / N here
 
@@ -379,3 +385,59 @@ def test_kd_term_when_kd_weight_is_set():
     t = ModelOutputs(torch.tensor([[0.0, 3.0, 1.0]]), {"pool": torch.randn(1, 7)})
     terms = method(s, t, torch.tensor([2]), torch.tensor([0]))
     assert set(terms) == {"ce", "kd", "crd"}
+
+
+# --- without replacement (the benchmark's loader, CRD presets) ----------------------------
+
+
+def test_without_replacement_draws_distinct_other_class_negatives():
+    n = 60
+    method = _build(num_train=n, num_classes=3, num_negatives=35, negatives_replacement=False)
+    labels_all = torch.arange(n) % 3
+    method.bank_labels.copy_(labels_all)
+    torch.manual_seed(12)
+    index = torch.tensor([0, 1, 2, 5, 7])
+    idx = method.sample_indices(index, labels_all[index])
+    assert idx.shape == (5, 36) and torch.equal(idx[:, 0], index)
+    for row, anchor in zip(idx, index, strict=True):
+        negatives = row[1:]
+        assert negatives.unique().numel() == 35  # no repeats
+        assert (labels_all[negatives] != labels_all[anchor]).all()
+
+
+def test_with_replacement_repeats_as_before():
+    n = 60
+    method = _build(num_train=n, num_classes=3, num_negatives=35, negatives="other_class")
+    method.bank_labels.copy_(torch.arange(n) % 3)
+    torch.manual_seed(12)
+    idx = method.sample_indices(torch.tensor([0, 1, 2, 5, 7]), torch.tensor([0, 1, 2, 2, 1]))
+    # 35 draws from 40 candidates with replacement: P(no repeat in a row) < 1e-7
+    assert all(row[1:].unique().numel() < 35 for row in idx)
+
+
+def test_without_replacement_falls_back_to_replacement_when_a_row_is_short():
+    n = 12
+    method = _build(num_train=n, num_classes=2, num_negatives=8, negatives_replacement=False)
+    labels_all = torch.tensor([0] * 9 + [1] * 3)
+    method.bank_labels.copy_(labels_all)
+    torch.manual_seed(13)
+    idx = method.sample_indices(torch.tensor([0, 10]), labels_all[[0, 10]])
+    assert idx[0, 1:].unique().numel() < 8  # class 0: 3 candidates for 8 draws
+    assert set(idx[0, 1:].tolist()) <= {9, 10, 11}
+    assert idx[1, 1:].unique().numel() == 8  # class 1: 9 candidates, distinct
+    assert (labels_all[idx[1, 1:]] == 0).all()
+
+
+def test_without_replacement_uniform_never_draws_the_anchor():
+    method = _build(num_train=6, negatives="uniform", negatives_replacement=False)
+    torch.manual_seed(14)
+    idx = method.sample_indices(torch.tensor([2, 4]), torch.tensor([0, 0]))
+    assert sorted(idx[0, 1:].tolist()) == [0, 1, 3, 4, 5]  # K clipped to 5: all the others
+    assert sorted(idx[1, 1:].tolist()) == [0, 1, 2, 3, 5]
+
+
+def test_crd_presets_draw_without_replacement():
+    for pair in ("r56_r20", "r110_r32", "r32x4_r8x4", "wrn40_2_wrn16_2", "vgg13_vgg8"):
+        cfg = preset_method_config(f"crd_cifar100/{pair}", "crd")
+        assert build_method(cfg).negatives_replacement is False
+    assert build_method({"name": "crd"}).negatives_replacement is True
