@@ -21,6 +21,7 @@ from torch import nn
 
 from hpmkd.data import load_data
 from hpmkd.engine.evaluate import accuracy
+from hpmkd.errors import UserError
 from hpmkd.models.ensemble import TeacherEnsemble
 from hpmkd.models.registry import model_info
 from hpmkd.parallel import Job, run_jobs
@@ -35,8 +36,15 @@ Trained = tuple[nn.Module, ModelRecord]
 
 
 def teacher_configs(cfg: DictConfig) -> list[DictConfig]:
-    """``teachers`` as full model nodes (registry defaults filled in); ``[teacher]`` if unset."""
-    entries = cfg.get("teachers") or [cfg.teacher]
+    """``teachers`` as full model nodes (registry defaults filled in); ``[teacher]`` if null."""
+    entries = cfg.get("teachers")
+    if entries is None:
+        entries = [cfg.teacher]
+    if len(entries) == 0:
+        raise UserError(
+            "teachers=[] names no teacher; list at least one, e.g. teachers=[mlp_large,mlp], "
+            "or teachers=null to use `teacher`"
+        )
     nodes = []
     for entry in entries:
         node: dict[str, Any] = {"arch": entry} if isinstance(entry, str) else dict(entry)
