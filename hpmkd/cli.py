@@ -52,6 +52,7 @@ def train(args: list[str]) -> int:
     quiet_lightning()
 
     user_errors: list[UserError] = []
+    started: list[bool] = []
 
     @hydra.main(version_base="1.3", config_path=str(config.config_dir()), config_name="train")
     def app(cfg: DictConfig) -> None:
@@ -60,6 +61,7 @@ def train(args: list[str]) -> int:
 
         from hpmkd.train import run_train
 
+        started.append(True)
         try:
             run_train(cfg)
         except UserError as err:
@@ -78,6 +80,11 @@ def train(args: list[str]) -> int:
         return _fail(str(err))
     except CompactHydraException as err:
         return _fail(_hydra_error_message(err))
+    except OSError as err:
+        if started or err.filename is None:
+            raise
+        # Hydra creates the run directory (HPMKD_OUTPUTS, hydra.run.dir) before the app starts
+        return _fail(f"cannot create the run directory '{err.filename}': {err.strerror}")
     return _fail(str(user_errors[0])) if user_errors else 0
 
 

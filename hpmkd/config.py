@@ -10,6 +10,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from hpmkd.errors import UserError
+from hpmkd.paths import check_writable_dir
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -99,6 +100,11 @@ def _positive(value: object, what: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Checks that need no data or model: fail before anything is loaded or trained."""
+    # imported here: torch and Lightning are not needed by the config plumbing above
+    from hpmkd.config_keys import check_added_keys
+    from hpmkd.engine.devices import check_devices, run_device_type
+    from hpmkd.engine.perf import check_precision
+
     recipe = cfg.recipe
     _positive(recipe.epochs, "recipe.epochs")
     if not isinstance(recipe.epochs, int):
@@ -123,6 +129,23 @@ def validate(cfg: DictConfig) -> None:
     resume = cfg.get("resume")
     if resume not in (True, False, None) and not isinstance(resume, str):
         raise UserError(f"resume must be true, false or a path, got {resume!r}")
+    _whole(cfg.get("seed"), "seed")
+    _whole(cfg.teacher.get("seed"), "teacher.seed")
+    _positive(cfg.student.get("target_ratio"), "student.target_ratio")
+    if cfg.get("teachers") is not None:
+        from hpmkd.strategies.multi_teacher import teacher_configs
+
+        teacher_configs(cfg)
+    check_devices(cfg.trainer)
+    check_precision(cfg.trainer.get("precision"), run_device_type(cfg.trainer.get("accelerator")))
+    check_writable_dir(cfg.paths.cache_dir, "cache directory (HPMKD_CACHE, paths.cache_dir)")
+    check_writable_dir(cfg.store.root, "store.root")
+    check_added_keys(cfg)
+
+
+def _whole(value: object, what: str) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise UserError(f"{what} must be a whole number, got {value!r}")
 
 
 def to_container(cfg: DictConfig) -> dict:

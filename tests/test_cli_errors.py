@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from tests.conftest import TINY
+
+SMOKE = ["recipe=smoke", "trainer.enable_progress_bar=false"]
 
 
 def _assert_user_error(run, *fragments: str) -> None:
@@ -13,9 +21,138 @@ def _assert_user_error(run, *fragments: str) -> None:
     lines = [line for line in run.err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("hpmkd: error: "), run.err
     for fragment in fragments:
-        assert fragment in lines[0]
+        assert fragment in lines[0], lines[0]
     assert "Traceback" not in run.err
     assert run.results() == []
+    assert list(run.outputs.rglob("*.ckpt")) == [] and list(run.outputs.rglob("*.pt")) == []
+
+
+# --- one row per bad input: overrides ({tmp} is the test's folder), what the line must name, and
+# what the machine or the file system must look like first ------------------------------------
+
+
+def _cpus(count: int) -> Callable[[Path, pytest.MonkeyPatch], None]:
+    def setup(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(os, "cpu_count", lambda: count)
+
+    return setup
+
+
+def _no_gpu(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def _table(**columns: object) -> Callable[[Path, pytest.MonkeyPatch], None]:
+    """``{tmp}/t.csv``: 60 rows of two numeric features and a 3-class label, then ``columns``
+    (name -> {row: value}) written over them."""
+
+    def setup(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        rng = np.random.default_rng(0)
+        frame = pd.DataFrame(
+            {"a": rng.normal(size=60), "b": rng.normal(size=60), "y": np.arange(60) % 3}
+        )
+        frame = frame.astype(object)
+        for name, cells in columns.items():
+            for row, value in cells.items():  # type: ignore[attr-defined]
+                frame.loc[row, name] = value
+        frame.to_csv(tmp / "t.csv", index=False)
+
+    return setup
+
+
+def _file(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp / "file").write_text("not a directory")
+
+
+def _env(name: str) -> Callable[[Path, pytest.MonkeyPatch], None]:
+    def setup(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        _file(tmp, monkeypatch)
+        monkeypatch.setenv(name, str(tmp / "file" / "below"))
+
+    return setup
+
+
+CSV = "data=csv data.path={tmp}/t.csv"
+CASES = [
+    # devices and precision the machine cannot give
+    ("trainer.devices=4 trainer.accelerator=cpu", ["trainer.devices=4", "2 CPUs"], _cpus(2)),
+    ("trainer.devices=2 trainer.accelerator=cpu", ["trainer=ddp_cpu"], _cpus(2)),
+    ("trainer=ddp_cpu trainer.devices=8", ["trainer.devices=8", "4 CPUs"], _cpus(4)),
+    ("trainer=gpu", ["trainer.accelerator=gpu", "needs a CUDA GPU"], _no_gpu),
+    ("trainer.precision=16 trainer.accelerator=cpu", ["trainer.precision=16", "bf16-mixed"], None),
+    ("trainer.precision=8 trainer.accelerator=cpu", ["unknown trainer.precision 8"], None),
+    # seeds and split fractions
+    ("seed=abc", ["seed must be a whole number, got 'abc'"], None),
+    ("seed=1.5", ["seed must be a whole number, got 1.5"], None),
+    ("data.test_fraction=0", ["data.test_fraction", "no test split"], None),
+    ("data.val_fraction=1", ["data.val_fraction must be in [0, 1)"], None),
+    ("data.test_fraction=abc", ["data.test_fraction must be a float, got 'abc'"], None),
+    # tables that are not what they seem
+    (CSV, ["infinite values", "column(s) b"], _table(b={3: "inf"})),
+    (CSV, ["target column 'y'", "single class"], _table(y={r: 1 for r in range(60)})),
+    (CSV, ["column 'a'", "'?'", "data.na_values=[?]"], _table(a={2: "?", 7: "?"})),
+    (CSV, ["missing values", "a (2 missing)", "data.impute=median"], _table(a={2: None, 5: None})),
+    (CSV + " data.na_values=[?]", ["a (1 missing)", "data.impute=median"], _table(a={4: "?"})),
+    # where a run writes
+    ("", ["run directory", "/file/below"], _env("HPMKD_OUTPUTS")),
+    ("", ["HPMKD_CACHE", "/file/below", "is not a directory"], _env("HPMKD_CACHE")),
+    ("store.root={tmp}/file", ["store.root", "/file' is not a directory"], _file),
+    # teachers and students
+    ("+strategy=multi_teacher teachers=[]", ["teachers=[] names no teacher"], None),
+    ("student.target_ratio=0", ["student.target_ratio must be a positive number"], None),
+    ("student.target_ratio=-2", ["student.target_ratio must be a positive number"], None),
+    ("student.target_ratio=1000", ["parameters, fewer than", "10 x 64 = 640"], None),
+    # keys that do not exist
+    ("+recipe.epoch=3", ["unknown key 'recipe.epoch'", "epochs"], None),
+    ("+student._target_=torchvision.models.resnet18", ["'student._target_'", "arch"], None),
+    ("+trainer.foo=1", ["unknown key 'trainer.foo'", "devices", "lightning.Trainer"], None),
+    ("+strategy=kd +method.tempreature=3", ["'method.tempreature'", "temperature"], None),
+    ("+data.seperator=x", ["unknown key 'data.seperator'", "test_fraction"], None),
+    ("+topping=1", ["unknown key 'topping'", "the top level", "recipe"], None),
+    ("recipe.epoch=3", ["Could not override 'recipe.epoch'"], None),
+    # the CIFAR-10 JPEG copy unpacked into paths.data_dir itself, as the config used to say
+    ("data=cifar10_jpeg student=resnet8", ["pass data.root=", "holds train/ and test/"], None),
+]
+
+
+def _cifar_jpeg_beside(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    data = tmp / "data"
+    for split in ("train", "test"):
+        (data / split / "cat").mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(data / split / "cat" / "0000.jpg")
+    monkeypatch.setenv("HPMKD_DATA", str(data))
+
+
+CASES[-1] = (*CASES[-1][:2], _cifar_jpeg_beside)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments", "setup"), CASES, ids=[f"{i:02d}:{c[0]}" for i, c in enumerate(CASES)]
+)
+def test_bad_input_is_one_line_before_training(
+    run_cli, hpmkd_env, monkeypatch, overrides, fragments, setup
+):
+    if setup is not None:
+        setup(hpmkd_env, monkeypatch)
+    args = overrides.format(tmp=hpmkd_env).split()
+    run = run_cli("train", *args, *SMOKE)
+    _assert_user_error(run, *fragments)
+
+
+def test_keys_added_where_nodes_accept_them_still_run(run_cli):
+    """Model keyword arguments, Trainer arguments, a method's arguments (``++`` too) and a
+    top-level variable read by an interpolation are not unknown keys."""
+    run = run_cli(
+        "train", "+strategy=kd", "++student.params.dropout=0.1", "+trainer.limit_val_batches=1",
+        "++method.temperature=3",
+        "+lookup={mlp_small: 7}", "seed='${oc.select:lookup.${student.arch},0}'",
+        "recipe.epochs=1", *TINY,
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    assert run.results()[0]["seed"] == 7
 
 
 @pytest.mark.parametrize(

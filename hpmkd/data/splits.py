@@ -75,7 +75,7 @@ def stratified_holdout(
     sorted; a fraction of 0 holds out nothing.
     """
     if not 0 <= fraction < 1:
-        raise UserError(f"{what}_fraction must be in [0, 1), got {fraction}")
+        raise UserError(f"data.{what}_fraction must be in [0, 1), got {fraction}")
     indices = np.arange(len(labels))
     if fraction == 0:
         return indices, indices[:0]
@@ -104,6 +104,10 @@ def split_indices(
     pool = np.arange(len(labels))
     out: dict[str, np.ndarray] = {}
     if test_fraction is not None:
+        if test_fraction == 0:
+            raise UserError(
+                "data.test_fraction must be in (0, 1), got 0: the run would have no test split"
+            )
         pool, out["test"] = stratified_holdout(labels, test_fraction, seed, "test")
     kept, held = stratified_holdout(labels[pool], val_fraction, seed, "val")
     out["train"], out["val"] = pool[kept], pool[held]

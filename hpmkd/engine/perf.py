@@ -20,10 +20,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, get_args
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.precision.precision import (
+    _PRECISION_INPUT_INT,
+    _PRECISION_INPUT_STR,
+    _PRECISION_INPUT_STR_ALIAS,
+)
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
@@ -35,6 +40,7 @@ log = logging.getLogger("hpmkd")
 AUTO = "auto"
 # where an ``auto`` switch pays, by device type
 AUTO_ON = {"channels_last": ("cpu", "cuda"), "device_data": ("cuda",)}
+FP16_AMP = ("16", "16-mixed")
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,26 @@ def _switch(
     return value
 
 
+def check_precision(precision: Any, device_type: str) -> None:
+    """UserError for a precision Lightning does not know, or one it would silently replace:
+    fp16 AMP (``16``, ``16-mixed``) runs as bf16-mixed on a CPU."""
+    if precision in (AUTO, None):
+        return
+    known = [str(p) for p in (*get_args(_PRECISION_INPUT_INT), *get_args(_PRECISION_INPUT_STR))]
+    known += list(get_args(_PRECISION_INPUT_STR_ALIAS))
+    if str(precision) not in known or isinstance(precision, bool | float):
+        valid = ", ".join(dict.fromkeys([AUTO, *known]))
+        raise UserError(f"unknown trainer.precision {precision!r}; valid: {valid}")
+    if device_type == "cpu" and str(precision) in FP16_AMP:
+        raise UserError(
+            f"trainer.precision={precision} (fp16 AMP) is not supported on a CPU, where Lightning "
+            "would run bf16-mixed instead; pass trainer.precision=bf16-mixed or 32-true"
+        )
+
+
 def _precision(precision: Any, device: torch.device, conv: bool) -> str:
     if precision not in (AUTO, None):
+        check_precision(precision, device.type)
         return str(precision)
     if device.type == "cuda":
         return "bf16-mixed" if cuda_bf16(device) else "32-true"

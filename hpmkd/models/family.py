@@ -41,6 +41,9 @@ class Member:
     arch: str
     params: dict[str, Any] = field(default_factory=dict)
     num_params: int = 0
+    # num_classes x input width (an MLP's flattened input, a conv net's channels): a linear
+    # classifier's weights; a member below it cannot be a useful student
+    floor: tuple[int, int] = (0, 0)
 
     @property
     def label(self) -> str:
@@ -98,9 +101,11 @@ def family_members(
 ) -> list[Member]:
     """Every member of ``arch``'s family, sorted by parameter count (duplicates dropped)."""
     members: dict[int, Member] = {}
+    mlp = model_info(arch).family == "mlp"
+    floor = (num_classes, math.prod(input_shape) if mlp else int(input_shape[0]))
     for config in _candidate_configs(arch, params):
         count = _count(config["arch"], _frozen(config["params"]), num_classes, tuple(input_shape))
-        members.setdefault(count, Member(config["arch"], config["params"], count))
+        members.setdefault(count, Member(config["arch"], config["params"], count, floor))
     return [members[count] for count in sorted(members)]
 
 
@@ -142,9 +147,18 @@ def closest_member(
 def member_at_ratio(
     members: Sequence[Member], teacher_params: int, ratio: float
 ) -> tuple[Member, float]:
-    """The member closest to ``teacher_params / ratio`` parameters, and its actual ratio."""
+    """The member closest to ``teacher_params / ratio`` parameters, and its actual ratio; a
+    UserError when it has fewer parameters than num_classes x input width."""
     if not ratio > 0:
         raise UserError(f"student.target_ratio must be a positive number, got {ratio!r}")
     member = closest_member(members, teacher_params / ratio)
     assert member is not None
+    classes, width = member.floor
+    floor = classes * width
+    if member.num_params < floor:
+        raise UserError(
+            f"student.target_ratio={ratio:g} gives {member.label} with {member.num_params:,} "
+            f"parameters, fewer than num_classes x input width = {classes} x {width} = "
+            f"{floor:,}; use a ratio of at most about {teacher_params / floor:.0f}"
+        )
     return member, teacher_params / member.num_params

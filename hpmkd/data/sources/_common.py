@@ -54,7 +54,14 @@ def configured_splits(
     has no official test split, ``test_fraction`` (0.2) read from ``cfg``."""
     return split_indices(
         labels,
-        val_fraction=float(option(cfg, "val_fraction", 0.1)),
-        seed=int(option(cfg, "split_seed", 0)),
-        test_fraction=None if official_test else float(option(cfg, "test_fraction", 0.2)),
+        val_fraction=_number(cfg, "val_fraction", 0.1, float),
+        seed=_number(cfg, "split_seed", 0, int),
+        test_fraction=None if official_test else _number(cfg, "test_fraction", 0.2, float),
     )
+
+
+def _number(cfg: Mapping, key: str, default: float, kind: type) -> Any:
+    value = option(cfg, key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or kind(value) != value:
+        raise UserError(f"data.{key} must be a {kind.__name__}, got {value!r}")
+    return kind(value)

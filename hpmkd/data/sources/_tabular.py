@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -15,7 +16,12 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
 
-from ._common import configured_splits, label_tensor
+from ._common import configured_splits, label_tensor, option
+
+log = logging.getLogger("hpmkd")
+
+# at most this many distinct non-numeric values in a column of numbers are taken for markers
+MAX_MARKERS = 3
 
 
 def encode_labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -27,6 +33,11 @@ def encode_labels(values: pd.Series) -> tuple[np.ndarray, list[str]]:
         codes, classes = pd.factorize(values, sort=True)
     except TypeError:  # mixed types that do not sort together: compare them as text
         codes, classes = pd.factorize(values.astype(str), sort=True)
+    if len(classes) < 2:
+        raise UserError(
+            f"target column '{values.name}' holds a single class ({', '.join(map(str, classes))}); "
+            "classification needs at least two"
+        )
     return codes.astype(np.int64), [str(c) for c in classes]
 
 
@@ -38,6 +49,59 @@ def check_columns(frame: pd.DataFrame, wanted: list[str], what: str, where: str)
                 f"{what} column '{column}' not found in {where}; columns: "
                 + ", ".join(map(str, frame.columns))
             )
+
+
+def _missing_markers(frame: pd.DataFrame, markers: list[str]) -> pd.DataFrame:
+    """``markers`` (``data.na_values``) read as missing; a text column that is numeric apart
+    from them becomes numeric."""
+    if not markers:
+        return frame
+    frame = frame.copy()
+    for column in frame.columns:
+        if pd.api.types.is_numeric_dtype(frame[column]):
+            continue
+        values = frame[column].mask(frame[column].astype(str).str.strip().isin(markers))
+        numbers = pd.to_numeric(values, errors="coerce")
+        frame[column] = numbers if numbers.notna().sum() == values.notna().sum() else values
+    return frame
+
+
+def _refuse_numeric_with_markers(values: pd.Series) -> None:
+    """UserError for a column of numbers with a few non-numeric markers (``?``, ``-``): read as
+    text it would be one-hot encoded, one feature per distinct number."""
+    text = values.dropna().astype(str).str.strip()
+    numeric = pd.to_numeric(text, errors="coerce").notna()
+    markers = sorted(set(text[~numeric]))
+    if numeric.mean() >= 0.5 and len(markers) <= MAX_MARKERS:
+        listed = ", ".join(repr(m) for m in markers)
+        raise UserError(
+            f"column '{values.name}' is numeric except for {listed}; read the markers as missing "
+            f"with data.na_values=[{','.join(markers)}] (and data.impute=median), or one-hot "
+            "encode the column by naming it in data.categorical"
+        )
+
+
+def _check_numeric(numeric: pd.DataFrame, impute: object) -> None:
+    """UserError for infinite values, and for missing ones unless ``impute`` is ``median``."""
+    infinite = [str(c) for c in numeric.columns if np.isinf(numeric[c].to_numpy(float)).any()]
+    if infinite:
+        raise UserError(
+            f"infinite values in column(s) {', '.join(infinite)}; fix the table or leave the "
+            "column(s) out with data.drop"
+        )
+    if impute not in (None, "median"):
+        raise UserError(f"data.impute must be null or median, got {impute!r}")
+    missing = numeric.isna().sum()
+    missing = missing[missing > 0]
+    if missing.empty:
+        return
+    counts = ", ".join(f"{c} ({n} missing)" for c, n in missing.items())
+    if impute is None:
+        raise UserError(
+            f"missing values in numeric column(s) {counts}; pass data.impute=median to fill them "
+            "with the training median, or leave the column(s) out with data.drop"
+        )
+    log.info("imputed the training median into %s", counts)
 
 
 def _preprocessor(categorical: list[str], numeric: list[str]) -> ColumnTransformer:
@@ -71,26 +135,40 @@ def tabular_splits(
     Without an official test table a stratified ``test_fraction`` (default 0.2) is carved first,
     then ``val_fraction`` (default 0.1) of the rest, both with ``split_seed`` (default 0).
     Categorical columns (``categorical``, default: every non-numeric column) are one-hot encoded
-    (unknown values ignored, missing values kept as their own category); numeric columns are
-    imputed with the training median and standardised. Every step is fitted on the training split
-    only. Features become float32.
+    (unknown values ignored, missing values kept as their own category; the columns are logged);
+    a text column of numbers with a few markers is refused unless ``na_values`` names them.
+    Numeric columns are standardised; missing numeric values are refused unless ``impute`` is
+    ``median`` (the training median, logged), infinite ones always. Every step is fitted on the
+    training split only. Features become float32.
     """
+    if features.shape[1] == 0:
+        raise UserError(f"dataset '{name or cfg['name']}' has no feature columns")
+    if test_features is not None:
+        check_columns(test_features, list(features.columns), "feature", "the test table")
+        test_features = test_features[features.columns]
+    markers = [str(m) for m in option(cfg, "na_values", [])]
+    features = _missing_markers(features, markers)
+    if test_features is not None:
+        test_features = _missing_markers(test_features, markers)
     if categorical is None:
         categorical = [
             c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])
         ]
-    if features.shape[1] == 0:
-        raise UserError(f"dataset '{name or cfg['name']}' has no feature columns")
+        for column in categorical:
+            _refuse_numeric_with_markers(features[column])
     check_columns(features, categorical, "categorical", "the feature table")
+    if categorical:
+        log.info("categorical (one-hot encoded) columns: %s", ", ".join(map(str, categorical)))
     numeric = [c for c in features.columns if c not in categorical]
+    every = features if test_features is None else pd.concat([features, test_features])
+    _check_numeric(every[numeric], option(cfg, "impute"))
     features = features.astype({c: str for c in categorical})
 
     parts = configured_splits(cfg, labels, official_test=test_features is not None)
     if test_features is None:
         test_features, test_labels = features.iloc[parts["test"]], labels[parts["test"]]
     else:
-        check_columns(test_features, list(features.columns), "feature", "the test table")
-        test_features = test_features[features.columns].astype({c: str for c in categorical})
+        test_features = test_features.astype({c: str for c in categorical})
 
     transform = _preprocessor(categorical, numeric).fit(features.iloc[parts["train"]])
     width = len(transform.get_feature_names_out())

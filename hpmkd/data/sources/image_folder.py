@@ -139,6 +139,12 @@ def load(cfg: Mapping) -> DataSplits:
     """
     root = Path(required(cfg, "root", f"a folder laid out as {_LAYOUT}")).expanduser()
     if not root.is_dir():
+        beside = root.parent
+        if (beside / "train").is_dir() and (beside / "test").is_dir():
+            raise UserError(
+                f"image folder root '{root}' does not exist, but {beside} holds train/ and test/: "
+                f"pass data.root={beside}, or move them into {root}"
+            )
         raise UserError(f"image folder root '{root}' does not exist; expected {_LAYOUT}")
     resize = option(cfg, "resize")
     if resize is not None and len(resize) != 2:
