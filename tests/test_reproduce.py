@@ -179,3 +179,30 @@ def test_budget_images_are_a_class_balanced_subset(tmp_path, monkeypatch):
         for label in ("cat", "dog"):
             names = sorted(p.name for p in (folder / split / label).iterdir())
             assert names == [f"{i:04d}.jpg" for i in range(per_class)]
+
+
+@pytest.mark.parametrize("flags", [(), ("--budget",)])
+def test_crd_table_members_run_with_the_benchmarks_code_around_the_losses(flags):
+    """Every crd_table member composes with fidelity=repdistiller (docs/reproduce.md,
+    "Fidelity"): FT's attention factor, AB's identity connector, CRD without replacement."""
+    config.setup()
+    members = {
+        tuple(sorted(o for o in m if o.split("=")[0] in {"experiment", "method"}))
+        for line in printed("crd_table", *flags)[:-1]
+        for m in expand(line)[1]
+    }
+    checked = set()
+    for member in members:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(config.config_dir()), version_base="1.3"):
+            cfg = compose("train", overrides=list(member))
+        assert cfg.fidelity.name == "repdistiller", member
+        method = cfg.get("method")
+        name = method.name if method is not None else "plain"
+        expected = {"ft": ("factor", "attention"), "ab": ("connector", "identity_if_same")}
+        expected["crd"] = ("negatives_replacement", False)
+        if name in expected:
+            key, value = expected[name]
+            assert method[key] == value, member
+            checked.add(name)
+    assert checked == {"ft", "ab", "crd"}
