@@ -18,9 +18,10 @@ Decisions, each a constructor argument or stated here:
   torchdistill and mmrazor. RepDistiller, whose FT row the CRD benchmark reports, compares
   ``attention`` vectors instead: ``normalize(mean_c(F^2).view(N, -1))``, the channel mean of
   the squared factor, one value per position, L2-normalised. The two differ in scale (the
-  flattened vector has ``kC`` times more elements: at beta 200 the flattened form's loss is
-  2.6-3.2x and its gradient 16-23x smaller on the CRD pairs); ``fidelity=repdistiller`` (the
-  ``experiment=crd_cifar100/*`` presets and scripts/reproduce.py) selects ``attention``. On
+  flattened vector has ``kC`` times more elements: issue 14 measured the flattened form's loss
+  2.6-3.2x and its gradient 16-23x smaller at beta 200 on the CRD pairs);
+  ``fidelity=repdistiller`` (the ``experiment=crd_cifar100/*`` presets and
+  scripts/reproduce.py) selects ``attention``. On
   1x1 factors (2-D features) the attention vector is a constant 1 and the loss is 0.
 - Learning rate of the initialisation stage (``init_lr``): null (default) is the recipe's lr.
   RepDistiller (``helper/pretrain.py``) trains the paraphraser at 0.01 when the student is a
