@@ -168,6 +168,7 @@ def write_table(path: Path, rows: int, seed: int, outlier: bool = False) -> Path
 def test_csv_one_hot_labels_and_train_only_standardisation(tmp_path: Path) -> None:
     train_csv = write_table(tmp_path / "train.csv", 300, seed=0)
     cfg = {"name": "csv", "path": str(train_csv), "target": "label", "drop": ["id"]}
+    cfg["impute"] = "median"  # write_table leaves one weight missing
     plain = write_table(tmp_path / "test_plain.csv", 50, seed=1)
     spiked = write_table(tmp_path / "test_outlier.csv", 50, seed=1, outlier=True)
     data = load_data({**cfg, "test_path": str(plain)})
@@ -191,7 +192,8 @@ def test_csv_one_hot_labels_and_train_only_standardisation(tmp_path: Path) -> No
 
 def test_csv_defaults_carve_test_split_and_use_last_column(tmp_path: Path) -> None:
     path = write_table(tmp_path / "animals.csv", 200, seed=3)
-    data = load_data({"name": "csv", "path": str(path), "categorical": ["colour", "id"]})
+    cfg = {"name": "csv", "path": str(path), "categorical": ["colour", "id"], "impute": "median"}
+    data = load_data(cfg)
     assert data.class_names == ["ant", "bee", "cat"]
     assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (144, 16, 40)
     assert data.input_shape == (2 + 3 + 144,)  # label kept out; id one-hot over train rows
@@ -433,3 +435,79 @@ def test_fashion_mnist_from_local_idx_files(tmp_path: Path) -> None:
     assert data.num_classes == 10 and data.class_names[0] == "T-shirt/top"
     assert data.mean == (0.2860,) and data.std == (0.3530,) and data.augment == {}
     assert Counter(data.y_test.tolist()) == dict.fromkeys(range(10), 1000)
+
+
+# --- tables that are not what they seem (issue 13) ---------------------------------------------
+
+
+def numbers_with_markers(path: Path) -> Path:
+    """A table whose numeric column ``a`` holds two ``?`` markers and a text column ``c``."""
+    rng = np.random.default_rng(0)
+    a = [str(round(v, 3)) for v in rng.normal(size=60)]
+    a[2] = a[7] = "?"
+    frame = pd.DataFrame({"a": a, "c": rng.choice(["x", "y"], 60), "y": np.arange(60) % 3})
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_csv_markers_read_as_missing_then_imputed_with_a_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = {"name": "csv", "path": str(numbers_with_markers(tmp_path / "t.csv"))}
+    with pytest.raises(UserError, match=r"column 'a' is numeric except for '\?'"):
+        load_data(cfg)
+    with pytest.raises(UserError, match=r"a \(2 missing\).*data.impute=median"):
+        load_data({**cfg, "na_values": ["?"]})
+    with caplog.at_level("INFO", logger="hpmkd"):
+        data = load_data({**cfg, "na_values": ["?"], "impute": "median"})
+    assert data.input_shape == (1 + 2,)  # a numeric (not one-hot over its values), c one-hot
+    assert not torch.isnan(data.x_train).any()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "categorical (one-hot encoded) columns: c" in messages
+    assert "imputed the training median into a (2 missing)" in messages
+
+
+def test_csv_column_named_categorical_keeps_its_markers(tmp_path: Path) -> None:
+    path = numbers_with_markers(tmp_path / "t.csv")
+    data = load_data({"name": "csv", "path": str(path), "categorical": ["a", "c"]})
+    assert data.input_shape[0] > 40  # one-hot over the distinct values, as asked
+
+
+def test_openml_tables_share_the_checks(tmp_path: Path, no_network: list[dict]) -> None:
+    cache = tmp_path / "openml"
+    cache.mkdir()
+    table = fake_adult()
+    table["hours"] = table["hours"].astype(object)
+    table.loc[[3, 9], "hours"] = "?"
+    table.to_csv(cache / "adult.csv", index=False)
+    (cache / "adult.json").write_text(json.dumps({"data_id": 1590, "target": "class"}))
+    cfg = {"name": "adult", "cache_dir": str(tmp_path)}
+    with pytest.raises(UserError, match="column 'hours'"):
+        load_data(cfg)
+    data = load_data({**cfg, "na_values": ["?"], "impute": "median"})
+    assert data.input_shape == (2 + 3,)
+
+
+def test_cifar10_jpeg_unpacked_as_its_config_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conf/data/cifar10_jpeg.yaml: the archive (train/ and test/ at its top) unpacked into
+    <data_dir>/CIFAR-10-images loads; unpacked into data_dir itself, the error says so."""
+    data_dir = tmp_path / "data"
+    folder = data_dir / "CIFAR-10-images"
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (folder / split / name).mkdir(parents=True)
+            for i in range(10):
+                pixels = np.full((32, 32, 3), 25 * i, dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / split / name / f"{i:04d}.jpg", quality=75)
+    preset = OmegaConf.load(REPO / "conf" / "data" / "cifar10_jpeg.yaml")
+    paths = {"data_dir": str(data_dir), "cache_dir": str(tmp_path / "cache")}
+    cfg = OmegaConf.merge({"paths": paths}, {"data": preset}).data
+    data = load_data(cfg)
+    assert data.class_names == ["cat", "dog"] and data.x_train.shape[1:] == (3, 32, 32)
+    folder.rename(tmp_path / "elsewhere")
+    for split in ("train", "test"):
+        (tmp_path / "elsewhere" / split).rename(data_dir / split)
+    with pytest.raises(UserError, match=f"pass data.root={data_dir}"):
+        load_data(cfg)

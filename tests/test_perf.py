@@ -316,3 +316,14 @@ def test_kd_in_bf16_on_a_cpu_with_amx(run_cli, monkeypatch):
     assert results["perf"]["precision"] == "bf16-mixed"
     assert results["details"]["teacher_cache"]["misses"] > 0
     assert results["test_acc"] > 30  # 10 digit classes
+
+
+def test_fp16_amp_is_refused_on_a_cpu_not_silently_bf16() -> None:
+    """Lightning runs precision 16 on a CPU as bf16-mixed; results.json would record "16"."""
+    for precision in (16, "16", "16-mixed"):
+        with pytest.raises(UserError, match="bf16-mixed"):
+            resolve_perf(AUTO, precision, CPU)
+        assert resolve_perf(AUTO, precision, CUDA).precision == str(precision)
+    assert resolve_perf(AUTO, "bf16-mixed", CPU).precision == "bf16-mixed"
+    with pytest.raises(UserError, match="unknown trainer.precision 8"):
+        resolve_perf(AUTO, 8, CPU)
