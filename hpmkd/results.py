@@ -28,6 +28,33 @@ def versions() -> dict[str, str]:
     return {"python": platform.python_version(), **{p: version(p) for p in packages}}
 
 
+def run_time(
+    result: StrategyResult, units: list[dict[str, Any]], spans: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Where a run's time went, counted the same way for every strategy.
+
+    ``total_s``: wall time of every process that worked on the run (an interrupted one up to
+    its last journal line); ``train_s``: training of every model this run trained (the student,
+    teachers, links, candidates; a resumed fit over all its processes); ``discarded_s``: the part
+    of it spent on models the result does not use (a chain's rejected links and candidate
+    students); ``units``: each model obtained, with where it came from.
+    """
+    kept = {"student", result.student.extra.get("chosen", "student")}
+    kept |= {record.role for record in result.intermediates}
+
+    def discarded(unit: dict[str, Any]) -> bool:
+        return unit["role"].startswith(("student_", "link")) and unit["role"] not in kept
+
+    trained = [u for u in units if u["trained_by_run"]]
+    return {
+        "total_s": sum(span["wall_time_s"] for span in spans),
+        "train_s": sum(u["train_time_s"] or 0.0 for u in trained),
+        "discarded_s": sum(u["train_time_s"] or 0.0 for u in trained if discarded(u)),
+        "units": units,
+        "segments": spans,
+    }
+
+
 def build_results(
     *,
     strategy: str,
@@ -37,6 +64,7 @@ def build_results(
     seed: int,
     wall_time_s: float,
     perf: dict[str, Any] | None = None,
+    timing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     fit = result.fit
     teacher = result.teacher
@@ -66,8 +94,9 @@ def build_results(
         "test_acc_top5_last": fit.test_acc5_last,
         "teacher_acc": teacher.test_acc if teacher else None,
         "retention": fit.test_acc / teacher.test_acc if teacher and teacher.test_acc else None,
-        "train_time_s": fit.train_time_s,
-        "wall_time_s": wall_time_s,
+        "train_time_s": fit.train_time_s,  # the reported student's fit
+        "wall_time_s": wall_time_s,  # over every process that worked on the run
+        "time": timing,
         "perf": perf,  # the performance switches as resolved on the device (conf/perf)
         "versions": versions(),
         "config": config,

@@ -6,32 +6,44 @@ import json
 import logging
 import sys
 import time
+import zipfile
+from contextlib import nullcontext
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpmkd import config
 from hpmkd.data import load_data
 from hpmkd.data.splits import DataSplits
 from hpmkd.engine.ddp import is_global_zero
+from hpmkd.engine.journal import Journal, read_journal, segments
 from hpmkd.engine.teacher_cache import cache_summary
 from hpmkd.errors import UserError
 from hpmkd.hpm.history import append_run
 from hpmkd.hpm.record import history_row
+from hpmkd.hpm.source import prepare_history
 from hpmkd.io import write_json_atomic
 from hpmkd.models import build_model, count_parameters
 from hpmkd.models.family import family_members, member_at_ratio
-from hpmkd.results import RESULTS_FILE, build_results, print_summary, write_results
+from hpmkd.results import (
+    RESULTS_FILE,
+    RESUMED_INTO_FILE,
+    build_results,
+    print_summary,
+    run_time,
+    write_results,
+)
 from hpmkd.store import ArtifactStore, content_key
 from hpmkd.strategies import RunContext, run_strategy
-from hpmkd.strategies.context import model_params
+from hpmkd.strategies.context import LAST_CHECKPOINT, model_params
 from hpmkd.strategies.multi_teacher import teacher_configs
 
 log = logging.getLogger("hpmkd")
 
 RUN_FILE = "run.json"
+RUN_LOCK = ".run.lock"  # held while a process works on the run
 FAILURE_FILE = "failure.json"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 def run_key(cfg: DictConfig) -> str:
@@ -44,18 +56,110 @@ def run_key(cfg: DictConfig) -> str:
     return content_key("run", plain)  # type: ignore[arg-type]
 
 
-def find_resume_checkpoint(cfg: DictConfig, out_dir: Path, key: str) -> str | None:
-    """Resolve ``resume``: a path, or for ``true`` the newest unfinished run with this config."""
+def check_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint that cannot be read (empty, truncated, corrupt or not one at all)
+    before anything trains. torch.save writes a zip archive; its CRCs cover every record."""
+    problem = None
+    if path.stat().st_size == 0:
+        problem = "it is empty"
+    elif not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            starts_like_one = f.read(4) == b"PK\x03\x04"
+        problem = (
+            "it is truncated (its archive has no end)"
+            if starts_like_one
+            else "it is not a PyTorch checkpoint (not a zip archive)"
+        )
+    else:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                problem = f"its record {bad} is corrupt"
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            problem = f"it is truncated or corrupt ({err})"
+    if problem:
+        raise UserError(
+            f"resume: cannot read checkpoint {path}: {problem}; delete it to train that unit "
+            "from its start, or pass another resume=<run dir or checkpoint>"
+        )
+
+
+def _run_dir_of(path: Path) -> Path | None:
+    """The run directory (holding ``run.json``) that ``path`` is or lies in."""
+    for candidate in (path, *path.parents):
+        if (candidate / RUN_FILE).is_file():
+            return candidate
+    return None
+
+
+def _is_running(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock (the lock dies with its process)."""
+    lock = FileLock(str(run_dir / RUN_LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def _is_finished(run_dir: Path) -> bool:
+    results = run_dir / RESULTS_FILE
+    return results.is_file() and json.loads(results.read_text()).get("status") == "completed"
+
+
+def _flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value)
+    return flat
+
+
+def _config_differences(run_dir: Path, config: dict) -> str:
+    """``key: theirs != ours`` for the first few settings that differ."""
+    theirs = json.loads((run_dir / RUN_FILE).read_text()).get("config")
+    if not isinstance(theirs, dict):
+        return "a different configuration"
+    ours, other = _flatten(config), _flatten(theirs)
+    for flat in (ours, other):  # where a run writes and whether it resumes
+        for k in [k for k in flat if k == "resume" or k.startswith(("paths.", "logger."))]:
+            del flat[k]
+    keys = sorted(k for k in ours.keys() | other.keys() if ours.get(k) != other.get(k))
+    shown = [f"{k}: {other.get(k, '<absent>')} there, {ours.get(k, '<absent>')} here" for k in keys]
+    return "; ".join(shown[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+
+def resolve_resume(cfg: DictConfig, out_dir: Path, key: str) -> tuple[Path | None, str | None]:
+    """Resolve ``resume`` to (the interrupted run directory to continue in place, or a checkpoint
+    from outside any run directory for the main fit). ``true``: the newest unfinished run with
+    this configuration; a path: that run directory, or a checkpoint in one (any unit's: the whole
+    run resumes), or a Lightning checkpoint of another origin."""
     resume = cfg.resume
     if not resume:
-        return None
+        return None, None
     if isinstance(resume, str):
         path = Path(resume).expanduser()
-        if path.is_dir():
-            path = path / LAST_CHECKPOINT
-        if not path.is_file():
-            raise UserError(f"resume: no checkpoint at {path}")
-        return str(path)
+        if not path.exists():
+            raise UserError(f"resume: no such file or directory: {path}")
+        run_dir = _run_dir_of(path)
+        if run_dir is None:
+            if path.is_dir():
+                raise UserError(f"resume: {path} is not an hpmkd run directory (no {RUN_FILE})")
+            check_checkpoint(path)
+            return None, str(path)
+        if json.loads((run_dir / RUN_FILE).read_text()).get("config_key") != key:
+            differences = _config_differences(run_dir, config.to_container(cfg))
+            raise UserError(f"resume: {run_dir} ran another configuration ({differences})")
+        if _is_finished(run_dir):
+            raise UserError(f"resume: {run_dir} has finished already ({RESULTS_FILE})")
+        if _is_running(run_dir):
+            raise UserError(f"resume: {run_dir} is still running (its {RUN_LOCK} is held)")
+        _check_checkpoints(run_dir)
+        return run_dir, None
     candidates = [out_dir] + sorted(
         (p.parent for p in Path(cfg.paths.output_root).rglob(RUN_FILE)),
         key=lambda p: p.stat().st_mtime,
@@ -63,15 +167,33 @@ def find_resume_checkpoint(cfg: DictConfig, out_dir: Path, key: str) -> str | No
     )
     for run_dir in candidates:
         run_file = run_dir / RUN_FILE
-        if not (run_dir / LAST_CHECKPOINT).is_file() or (run_dir / RESULTS_FILE).is_file():
+        if not run_file.is_file() or _is_finished(run_dir):
             continue
-        if run_file.is_file() and OmegaConf.load(run_file).get("config_key") == key:
-            log.info("resuming from %s", run_dir / LAST_CHECKPOINT)
-            return str(run_dir / LAST_CHECKPOINT)
+        if json.loads(run_file.read_text()).get("config_key") == key and not _is_running(run_dir):
+            _check_checkpoints(run_dir)
+            return run_dir, None
     raise UserError(
         f"resume=true: no unfinished run with this configuration under {cfg.paths.output_root}; "
         "pass resume=<run dir or checkpoint>"
     )
+
+
+def _check_checkpoints(run_dir: Path) -> None:
+    for path in sorted(run_dir.rglob(LAST_CHECKPOINT.name)):
+        check_checkpoint(path)
+
+
+def continue_in(cfg: DictConfig, out_dir: Path, run_dir: Path) -> Path:
+    """Point the run at the interrupted directory ``run_dir``; the directory Hydra made for this
+    process says where the run went, so no report counts it as a run of its own."""
+    if run_dir.resolve() != out_dir.resolve():
+        write_json_atomic(
+            out_dir / RESUMED_INTO_FILE, {"resumed_into": str(run_dir), "time": time.time()}
+        )
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
+    log.info("resuming the interrupted run in %s", run_dir)
+    return run_dir
 
 
 def _finish_wandb() -> None:
@@ -134,57 +256,75 @@ def _overrides() -> list[str]:
 
 def run_train(cfg: DictConfig) -> dict:
     """One run; a finished run of the same config in the same directory is not run again
-    (``skip_complete``), and a failure leaves ``failure.json`` before it propagates."""
-    out_dir = Path(cfg.paths.output_dir)
+    (``skip_complete``), and a failure leaves ``failure.json`` (in the directory the run worked
+    in) before it propagates."""
     try:
-        return _run(cfg, out_dir)
+        return _run(cfg, Path(cfg.paths.output_dir))
     except BaseException as err:
         if not isinstance(err, KeyboardInterrupt):
-            record_failure(out_dir, cfg, err)
+            record_failure(Path(cfg.paths.output_dir), cfg, err)
         raise
 
 
 def _run(cfg: DictConfig, out_dir: Path) -> dict:
-    start = time.perf_counter()
+    started = time.time()
     config.validate(cfg)
+    prepare_history(cfg)  # a sweep's ACM history snapshot, before this run can add a row
     key = run_key(cfg)
     done = completed_results(out_dir, key) if cfg.get("skip_complete", True) else None
     if done is not None:
         log.info("complete already, not run again: %s", out_dir / RESULTS_FILE)
         print_summary(done, out_dir / RESULTS_FILE)
         return done
-    ckpt_path = find_resume_checkpoint(cfg, out_dir, key)
+    resume_dir, ckpt_path = resolve_resume(cfg, out_dir, key)
+    if resume_dir is not None:
+        out_dir = continue_in(cfg, out_dir, resume_dir)
     strategy = cfg.strategy.name if cfg.get("strategy") else "plain"
     data = load_data(cfg.data)
     if cfg.student.get("target_ratio"):
         student_at_ratio(cfg, data)
-    write_json_atomic(out_dir / RUN_FILE, {"config_key": key, "strategy": strategy})
-    ctx = RunContext(
-        cfg=cfg,
-        out_dir=out_dir,
-        data=data,
-        store=ArtifactStore(cfg.store.root),
-        ckpt_path=ckpt_path,
-    )
-    try:
-        result = run_strategy(strategy, ctx)
-    finally:
-        _finish_wandb()
-    if ctx.teacher_cache_counts:  # teacher forwards the prediction cache saved, over all fits
-        result.details["teacher_cache"] = cache_summary(ctx.teacher_cache_counts)
-    results = build_results(
-        strategy=strategy,
-        result=result,
-        data=data,
-        config=config.to_container(cfg),
-        seed=cfg.seed,
-        wall_time_s=time.perf_counter() - start,
-        perf=ctx.perf.as_dict(),
-    )
-    if not is_global_zero():  # ranks started by torchrun/srun: rank 0 writes for all of them
-        return results
-    path = write_results(out_dir, results)
-    (out_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier attempt's
+    writer = is_global_zero()  # ranks started by torchrun/srun: rank 0 writes for all of them
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out_dir / RUN_LOCK)) if writer else nullcontext():
+        if resume_dir is None:
+            run_record = {"config_key": key, "strategy": strategy, "started": time.time(),
+                          "config": config.to_container(cfg)}  # fmt: skip
+            write_json_atomic(out_dir / RUN_FILE, run_record)
+        journal = (
+            Journal.start(out_dir, started=started, resumed=resume_dir is not None)
+            if writer
+            else None
+        )
+        ctx = RunContext(
+            cfg=cfg,
+            out_dir=out_dir,
+            data=data,
+            store=ArtifactStore(cfg.store.root),
+            ckpt_path=ckpt_path,
+            journal=journal,
+        )
+        try:
+            result = run_strategy(strategy, ctx)
+        finally:
+            _finish_wandb()
+        if ctx.teacher_cache_counts:  # teacher forwards the prediction cache saved, over all fits
+            result.details["teacher_cache"] = cache_summary(ctx.teacher_cache_counts)
+        spans = segments(read_journal(journal.path), now=time.time()) if journal else []
+        timing = run_time(result, ctx.units, spans)
+        results = build_results(
+            strategy=strategy,
+            result=result,
+            data=data,
+            config=config.to_container(cfg),
+            seed=cfg.seed,
+            wall_time_s=timing["total_s"],
+            perf=ctx.perf.as_dict(),
+            timing=timing,
+        )
+        if not writer:
+            return results
+        path = write_results(out_dir, results)
+        (out_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier attempt's
     row = history_row(results, data)
     if row is not None:
         append_run(cfg.store.root, row)

@@ -45,12 +45,25 @@ def quiet_lightning() -> None:
 
 class EpochHistory(Callback):
     """Per-epoch curves: validation top-1 (%), the epoch means of the training loss terms and
-    method metrics, and the method's temperature when it has one. Checkpointed, so a resumed run
-    keeps its history."""
+    method metrics, and the method's temperature when it has one; and the training time so far.
+    Checkpointed, so a resumed fit keeps its history and counts the time of every process that
+    trained it (up to its last checkpoint)."""
 
     def __init__(self) -> None:
         self.val_acc: list[float] = []
         self.curves: dict[str, list[float | None]] = {}
+        self.earlier_train_s = 0.0  # training time of the processes before a resume
+        self.start_epoch = 0
+        self._started: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+        self.start_epoch = trainer.current_epoch
+
+    def train_time_s(self) -> float:
+        """Training time over every process that trained this fit, this one up to now."""
+        now = 0.0 if self._started is None else time.perf_counter() - self._started
+        return self.earlier_train_s + now
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         values = {k: float(v) for k, v in pl_module.epoch_means().items()}  # type: ignore[operator]
@@ -71,11 +84,19 @@ class EpochHistory(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         curves = {k: list(v) for k, v in self.curves.items()}
-        return {"val_acc": list(self.val_acc), "curves": curves}
+        return {
+            "val_acc": list(self.val_acc),
+            "curves": curves,
+            "train_time_s": self.train_time_s(),
+            "start_epoch": self.start_epoch,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.val_acc = list(state_dict["val_acc"])
         self.curves = {k: list(v) for k, v in state_dict["curves"].items()}
+        self.earlier_train_s = float(state_dict.get("train_time_s", 0.0))
+        self.start_epoch = int(state_dict.get("start_epoch", 0))
+        self._started = None
 
 
 @dataclass
@@ -87,8 +108,9 @@ class FitResult:
     test_acc_last: float
     test_acc_best: float | None
     test_acc5_last: float | None
-    train_time_s: float
+    train_time_s: float  # summed over every process that trained it (a resumed fit's included)
     world_size: int = 1  # processes that trained (DDP ranks)
+    start_epoch: int = 0  # the epoch this process started from (> 0: resumed from a checkpoint)
     curves: dict[str, list[float | None]] = field(default_factory=dict)  # per-epoch, None: absent
 
     @property
@@ -192,11 +214,10 @@ def fit(
         loggers=loggers,
         callbacks=[history, *callbacks],
     )
-    start = time.perf_counter()
     trainer.fit(module, datamodule=per_rank(datamodule, trainer.world_size), ckpt_path=ckpt_path)
-    train_time = time.perf_counter() - start
     # testing the best checkpoint restores callback states too: keep the full history first
     val_history, curves = list(history.val_acc), dict(history.curves)
+    train_time, start_epoch = history.train_time_s(), history.start_epoch
     # After DDP, one process tests on its own device: every test sample counts exactly once (the
     # DistributedSampler would pad), and the weights of the best epoch end up in this process.
     tester = trainer
@@ -223,6 +244,7 @@ def fit(
         test_acc5_last=100.0 * top5 if top5 is not None else None,
         train_time_s=train_time,
         world_size=trainer.world_size,
+        start_epoch=start_epoch,
         curves=curves,
     )
 
@@ -234,9 +256,15 @@ def fit_init_stage(
     out_dir: Path,
     epochs: int,
     trainer_kwargs: Mapping[str, Any],
+    ckpt_path: str | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> None:
     """Train a module built with ``init_stage=True``: no validation, no test."""
     trainer, _ = make_trainer(
-        out_dir=out_dir, epochs=epochs, trainer_kwargs=trainer_kwargs, has_val=False
+        out_dir=out_dir,
+        epochs=epochs,
+        trainer_kwargs=trainer_kwargs,
+        has_val=False,
+        callbacks=callbacks,
     )
-    trainer.fit(module, datamodule=per_rank(datamodule, trainer.world_size))
+    trainer.fit(module, datamodule=per_rank(datamodule, trainer.world_size), ckpt_path=ckpt_path)

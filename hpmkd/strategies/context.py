@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
 from hpmkd.engine.ddp import is_global_zero, launched_rank
 from hpmkd.engine.fit import FitResult, fit, fit_init_stage, one_device
+from hpmkd.engine.journal import Journal, JournalEpochs
 from hpmkd.engine.module import DistillModule
 from hpmkd.engine.perf import (
     CompiledForward,
@@ -49,6 +51,17 @@ from hpmkd.store import ArtifactStore
 log = logging.getLogger("hpmkd")
 
 STUDENT_FILE = "student.pt"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def init_seed(seed: int, role: str) -> int:
+    """The seed of a model's initial weights: the run's (or the model's own) seed and its role.
+
+    Every candidate of the run's student (``student``, ``student_direct``, ``student_link2``)
+    starts from the same weights, so a chain's direct student is the KD student of the same seed.
+    """
+    kind = role.partition("_")[0]
+    return int.from_bytes(hashlib.sha256(f"{seed}:{kind}".encode()).digest()[:4], "little")
 
 
 @dataclass
@@ -81,8 +94,16 @@ class RunContext:
     out_dir: Path
     data: DataSplits
     store: ArtifactStore
-    ckpt_path: str | None = None
+    ckpt_path: str | None = None  # a checkpoint from outside any run directory: the main fit's
     teacher_cache_counts: dict[str, int] = field(default_factory=dict)  # over all fits of the run
+    journal: Journal | None = None
+    units: list[dict[str, Any]] = field(default_factory=list)  # every model the run obtained
+
+    @property
+    def resuming(self) -> bool:
+        """Continuing an interrupted run in its own directory: every fit starts from its unit's
+        ``checkpoints/last.ckpt`` when there is one."""
+        return bool(self.cfg.get("resume"))
 
     @property
     def transform(self) -> BatchTransform:
@@ -104,17 +125,21 @@ class RunContext:
         conv = student is not None and has_conv2d(self._build(student))
         return resolve_perf(self.cfg.get("perf") or {}, precision, self.device, conv=conv)
 
-    def build(self, model_cfg: Mapping[str, Any]) -> nn.Module:
-        model = self._build(model_cfg)
+    def build(self, model_cfg: Mapping[str, Any], role: str = "student") -> nn.Module:
+        """``model_cfg`` with initial weights from ``init_seed`` (the global RNG is untouched)."""
+        model = self._build(model_cfg, role)
         return channels_last_model(model) if self.perf.channels_last else model
 
-    def _build(self, model_cfg: Mapping[str, Any]) -> nn.Module:
-        return build_model(
-            model_cfg["arch"],
-            num_classes=self.data.num_classes,
-            input_shape=tuple(self.data.input_shape),
-            **model_params(model_cfg),
-        )
+    def _build(self, model_cfg: Mapping[str, Any], role: str = "student") -> nn.Module:
+        seed = model_cfg.get("seed")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed(self.cfg.seed if seed is None else seed, role))
+            return build_model(
+                model_cfg["arch"],
+                num_classes=self.data.num_classes,
+                input_shape=tuple(self.data.input_shape),
+                **model_params(model_cfg),
+            )
 
     def datamodule(self) -> SplitsDataModule:
         recipe = self.cfg.recipe
@@ -168,17 +193,20 @@ class RunContext:
         prepare_method(self, model, method, teacher)
         recipe = self.cfg.recipe
         trainer_kwargs = self.trainer_kwargs(nested=nested)
+        ckpt_path = ckpt_path or self.unit_checkpoint(out_dir)
+        unit = self.unit_name(out_dir)
         cache = self.teacher_cache(teacher, teacher_id, method)
         counts = CacheCounts() if cache is not None else None
 
         def module(init_stage: bool) -> DistillModule:
             scheduler = recipe.scheduler if recipe.scheduler and not init_stage else None
+            init_lr = {"lr": method.init_lr} if init_stage and method.init_lr else {}
             return DistillModule(
                 student=model,
                 method=method,
                 transform=self.transform,
                 num_classes=self.data.num_classes,
-                optimizer=hydra.utils.instantiate(recipe.optimizer),
+                optimizer=hydra.utils.instantiate(recipe.optimizer, **init_lr),
                 scheduler=hydra.utils.instantiate(scheduler) if scheduler else None,
                 teacher=teacher,
                 init_stage=init_stage,
@@ -194,6 +222,8 @@ class RunContext:
                 out_dir=out_dir / "init_stage",
                 epochs=method.init_epochs,
                 trainer_kwargs=trainer_kwargs,
+                ckpt_path=self.unit_checkpoint(out_dir / "init_stage"),
+                callbacks=self.journal_callbacks(f"{unit}/init_stage"),
             )
         schedule = schedule_from_config(self.cfg.get("temperature"), recipe.epochs)
         if schedule is not None and hasattr(method, "temperature"):
@@ -202,6 +232,9 @@ class RunContext:
             callbacks = [*callbacks, counts]
         if self.perf.compile:
             callbacks = [*callbacks, CompiledForward(cuda_graphs=self.perf.cuda_graphs)]
+        callbacks = [*callbacks, *self.journal_callbacks(unit)]
+        if ckpt_path:
+            log.info("%s: resuming from %s", unit, ckpt_path)
         result = fit(
             module(init_stage=False),
             self.datamodule(),
@@ -218,6 +251,41 @@ class RunContext:
         if not nested and is_global_zero():
             write_atomic(out_dir / STUDENT_FILE, lambda tmp: torch.save(model.state_dict(), tmp))
         return result
+
+    def unit_checkpoint(self, out_dir: Path) -> str | None:
+        """The checkpoint an interrupted fit in ``out_dir`` left, when this run resumes."""
+        path = out_dir / LAST_CHECKPOINT
+        return str(path) if self.resuming and path.is_file() else None
+
+    def unit_name(self, out_dir: Path) -> str:
+        """A fit's name in the journal: its directory within the run (``student`` for the run's
+        own directory)."""
+        try:
+            relative = out_dir.resolve().relative_to(self.out_dir.resolve())
+        except ValueError:
+            return str(out_dir)
+        return str(relative) if relative.parts else "student"
+
+    def journal_callbacks(self, unit: str) -> list[Callback]:
+        return [JournalEpochs(self.journal, unit)] if self.journal is not None else []
+
+    def record_unit(
+        self, role: str, arch: str, source: str, fit: FitResult | dict[str, Any] | None
+    ) -> None:
+        """Note a model the run obtained: trained here, or taken from the store or a checkpoint.
+
+        A model this run trained in an earlier process and stored before it was interrupted is
+        reused from the store now, and still counts as trained by the run."""
+        train_time = (fit.train_time_s if isinstance(fit, FitResult) else (fit or {}).get(
+            "train_time_s"))  # fmt: skip
+        trained = source == "trained" or (
+            source == "store" and self.journal is not None and self.journal.trained(role)
+        )
+        unit = {"role": role, "arch": arch, "source": source, "trained_by_run": trained,
+                "train_time_s": train_time if trained else 0.0}  # fmt: skip
+        self.units.append(unit)
+        if self.journal is not None and not trained:
+            self.journal.write("unit", unit=role, source=source)
 
     def teacher_cache(
         self, teacher: nn.Module | None, teacher_id: Any, method: DistillMethod
@@ -254,6 +322,12 @@ class RunContext:
 
     def train_plain(self, model: nn.Module, *, out_dir: Path, nested: bool = False) -> FitResult:
         return self.train(model, build_method({"name": "ce"}), out_dir=out_dir, nested=nested)
+
+    def train_student(self, model: nn.Module, method: DistillMethod, **kwargs: Any) -> FitResult:
+        """The run's own student: fitted in the run directory, resumed like any unit."""
+        result = self.train(model, method, out_dir=self.out_dir, ckpt_path=self.ckpt_path, **kwargs)
+        self.record_unit("student", self.cfg.student.arch, "trained", result)
+        return result
 
     def seed(self, seed: int | None = None) -> None:
         L.seed_everything(self.cfg.seed if seed is None else seed, workers=True, verbose=False)

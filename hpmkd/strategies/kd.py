@@ -30,14 +30,8 @@ def distil_student(
     ctx.seed()
     student = ctx.build(ctx.cfg.student)
     method = make_method(student) if make_method else build_method(method_cfg)
-    result = ctx.train(
-        student,
-        method,
-        out_dir=ctx.out_dir,
-        teacher=teacher,
-        teacher_id=teacher_id,
-        ckpt_path=ctx.ckpt_path,
-        callbacks=callbacks,
+    result = ctx.train_student(
+        student, method, teacher=teacher, teacher_id=teacher_id, callbacks=callbacks
     )
     record = model_record(
         "student", ctx.cfg.student.arch, student, val_acc=result.acc_best, test_acc=result.test_acc

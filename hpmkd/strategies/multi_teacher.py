@@ -21,6 +21,7 @@ from torch import nn
 
 from hpmkd.data import load_data
 from hpmkd.engine.evaluate import accuracy
+from hpmkd.engine.journal import JOURNAL_FILE, Journal
 from hpmkd.errors import UserError
 from hpmkd.models.ensemble import TeacherEnsemble
 from hpmkd.models.registry import model_info
@@ -54,11 +55,17 @@ def teacher_configs(cfg: DictConfig) -> list[DictConfig]:
     return nodes
 
 
-def train_model_job(config: dict[str, Any], model_cfg: dict[str, Any], role: str) -> str | None:
-    """A parallel-pipeline job: obtain (train and store) one model in a child process."""
+def train_model_job(
+    config: dict[str, Any], model_cfg: dict[str, Any], role: str, segment: int | None = None
+) -> str | None:
+    """A parallel-pipeline job: obtain (train and store) one model in a child process, writing
+    to the parent's journal segment."""
     cfg = OmegaConf.create(config)
     out_dir = Path(cfg.paths.output_dir)
-    ctx = RunContext(cfg, out_dir, load_data(cfg.data), ArtifactStore(cfg.store.root))
+    journal = None if segment is None else Journal(out_dir / JOURNAL_FILE, segment)
+    ctx = RunContext(
+        cfg, out_dir, load_data(cfg.data), ArtifactStore(cfg.store.root), journal=journal
+    )
     _, record = obtain_model(ctx, OmegaConf.create(model_cfg), role)
     return record.extra.get("store_key")
 
@@ -75,8 +82,13 @@ def train_missing_concurrently(ctx: RunContext, configs: Sequence[DictConfig]) -
     if len(missing) < 2:
         return
     config = OmegaConf.to_container(ctx.cfg, resolve=True)
+    segment = ctx.journal.segment if ctx.journal is not None else None
     jobs = [
-        Job(f"teacher{k}", train_model_job, (config, OmegaConf.to_container(c), f"teacher{k}"))
+        Job(
+            f"teacher{k}",
+            train_model_job,
+            (config, OmegaConf.to_container(c), f"teacher{k}", segment),
+        )
         for k, c in missing
     ]
     log.info("parallel pipeline: training %d teachers at once", len(jobs))

@@ -9,9 +9,7 @@ from hpmkd.strategies.context import RunContext, StrategyResult, model_record
 def run(ctx: RunContext) -> StrategyResult:
     ctx.seed()
     student = ctx.build(ctx.cfg.student)
-    result = ctx.train(
-        student, build_method({"name": "ce"}), out_dir=ctx.out_dir, ckpt_path=ctx.ckpt_path
-    )
+    result = ctx.train_student(student, build_method({"name": "ce"}))
     record = model_record(
         "student", ctx.cfg.student.arch, student, val_acc=result.acc_best, test_acc=result.test_acc
     )

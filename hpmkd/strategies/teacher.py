@@ -61,7 +61,7 @@ def obtain_model(
     Without ``teacher`` the model is trained on the labels; with one it is distilled from it
     with ``method_cfg``.
     """
-    model = ctx.build(model_cfg)
+    model = ctx.build(model_cfg, role)
     checkpoint = model_cfg.get("checkpoint")
     extra: dict[str, Any]
     if checkpoint:
@@ -70,6 +70,7 @@ def obtain_model(
         log.info("%s %s: loaded from checkpoint %s", role, model_cfg.arch, path)
         extra = {"source": "checkpoint", "checkpoint": path}
         fit = None
+        ctx.record_unit(role, model_cfg.arch, "checkpoint", None)
     else:
         spec = model_spec(ctx, model_cfg)
         if teacher is not None:
@@ -87,6 +88,7 @@ def obtain_model(
                 extra = {"source": "store", "store_key": key}
                 fit = artifact.meta.get("fit")
                 extra_params = artifact.meta.get("extra_params", 0)
+                ctx.record_unit(role, model_cfg.arch, "store", fit)
             else:
                 log.info("%s %s: not in the store, training it first", role, model_cfg.arch)
                 ctx.seed(model_seed(ctx, model_cfg))
@@ -113,6 +115,7 @@ def obtain_model(
                 }
                 ctx.store.put_model(key, model.state_dict(), meta)
                 log.info("%s %s: trained and stored (%s)", role, model_cfg.arch, key[:12])
+                ctx.record_unit(role, model_cfg.arch, "trained", result)
                 extra = {"source": "trained", "store_key": key}
         if teacher is not None:
             extra["extra_params"] = extra_params
