@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from hpmkd.errors import UserError
 
@@ -43,11 +43,30 @@ def check_added_keys(cfg: DictConfig) -> None:
     if not added:
         return
     from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
 
-    kept = [o.input_line for o in overrides if o not in added]
-    base = compose(config_name=hydra_cfg.job.config_name, overrides=kept)
+    if GlobalHydra.instance().is_initialized():
+        kept = [o.input_line for o in overrides if o not in added]
+        base = compose(config_name=hydra_cfg.job.config_name, overrides=kept)
+    else:
+        # A sweep member in a process of its own (hydra/launcher=parallel), where composing again
+        # would re-import Hydra's plugins: `+key` never replaces a key, so removing those keys
+        # gives the composition; `++key` may have replaced one and is not checked here.
+        added = [o for o in added if o.is_add()]
+        base = _without(cfg, [o.key_or_group for o in added])
     for override in added:
         _check_path(cfg, base, override.key_or_group)
+
+
+def _without(cfg: DictConfig, paths: list[str]) -> DictConfig:
+    base = cfg.copy()
+    with open_dict(base):
+        for path in paths:
+            parent, _, key = path.rpartition(".")
+            node = OmegaConf.select(base, parent) if parent else base
+            if isinstance(node, DictConfig) and key in node:
+                del node[key]
+    return base
 
 
 def _check_path(cfg: DictConfig, base: DictConfig, path: str) -> None:

@@ -115,3 +115,30 @@ def test_wandb_groups_runs_by_configuration_not_by_seed():
     assert group("seed=0").startswith("plain-ce-")
     assert group("+strategy=kd").startswith("kd-kd-")
     assert group("+strategy=kd") != group("+strategy=kd", "method.temperature=2")
+
+
+@pytest.mark.parametrize("composed_again", [True, False])
+def test_added_keys_checked_with_or_without_a_second_composition(composed_again):
+    """In the app the config is composed again without the added keys; in a sweep member's own
+    process (hydra/launcher=parallel) Hydra is not initialised and `+` keys are taken out."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from hpmkd.config_keys import check_added_keys
+    from hpmkd.errors import UserError
+
+    config.setup()
+    GlobalHydra.instance().clear()
+    overrides = ["+strategy=kd", "+trainer.num_nodes=1", "+method.tempreature=3", "+v=1"]
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        if not composed_again:
+            GlobalHydra.instance().clear()
+        with open_dict(cfg):
+            del cfg["hydra"]
+        with pytest.raises(UserError, match=r"unknown key 'method.tempreature'; valid keys of "
+                           r"method: ce_weight, kd_weight, name, temperature"):  # fmt: skip
+            check_added_keys(cfg)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None  # later tests run outside an app
