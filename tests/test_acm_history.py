@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,10 @@ def test_hpmkd_acm_user_errors_are_one_line(run_cli, tmp_path):
         run = run_cli("acm", bad, f"store.root={tmp_path / 'empty'}")
         assert run.code == 2 and run.err.startswith("hpmkd: error: ")
         assert len(run.err.strip().splitlines()) == 1, run.err
+
+
+def test_hpmkd_acm_sizes_the_student_by_target_ratio_as_a_run_would(run_cli, tmp_path):
+    run = run_cli("acm", "student.target_ratio=10", f"store.root={tmp_path / 'empty'}")
+    assert run.code == 0, run.err
+    ratio = re.search(r"compression_ratio\s*│\s*([\d.]+)", run.out)
+    assert ratio and 8 < float(ratio.group(1)) < 12.5

@@ -21,6 +21,7 @@ from hpmkd.store import ArtifactStore, content_key
 from hpmkd.strategies.context import RunContext
 from hpmkd.strategies.multi_teacher import teacher_configs
 from hpmkd.strategies.teacher import model_spec
+from hpmkd.train import student_at_ratio
 
 
 def show_acm(overrides: list[str], console: Console | None = None) -> None:
@@ -44,6 +45,8 @@ def show_acm(overrides: list[str], console: Console | None = None) -> None:
     config.validate(cfg)
     validate_acm(cfg)
     data = load_data(cfg.data)
+    if cfg.student.get("target_ratio"):
+        student_at_ratio(cfg, data)  # the student a run would train
     store = ArtifactStore(cfg.store.root)
     ctx = RunContext(cfg, Path(tempfile.gettempdir()), data, store)
     sizes = []
