@@ -108,11 +108,18 @@ def test_crashed_run_resumes_from_last_checkpoint(run_cli, hpmkd_env, monkeypatc
     (results,) = resumed.results()
     assert results["epochs"] == 3 and len(results["val_acc_history"]) == 3
     run_dir = next(resumed.outputs.rglob("results.json")).parent
-    assert "resuming from" in (run_dir / "train.log").read_text()
-    # the resumed run trained only the missing third epoch (epochs count from 0)
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        trained = {row["epoch"] for row in csv.DictReader(f) if row.get("train/loss")}
-    assert trained == {"2"}
+    # the resuming process worked in the interrupted directory; its own one points there
+    (pointer,) = resumed.outputs.rglob("resumed_into.json")
+    assert json.loads(pointer.read_text())["resumed_into"] == str(run_dir)
+    assert "resuming from" in (pointer.parent / "train.log").read_text()
+    # the resumed run trained only the missing third epoch (epochs count from 0); the first
+    # process's metrics are kept beside
+    def trained(name: str) -> set[str]:
+        with open(run_dir / "csv" / name) as f:
+            return {row["epoch"] for row in csv.DictReader(f) if row.get("train/loss")}
+
+    assert trained("metrics.csv") == {"2"}
+    assert trained("metrics.before-segment2.csv") == {"0", "1"}
 
 
 def test_resume_without_a_matching_run_is_a_user_error(run_cli):

@@ -134,8 +134,8 @@ def test_smskd_resumed_counts_the_training_time_of_both_processes(hpmkd_env, run
 
     def span(segment: int, until: str, epoch: int | None = None) -> float:
         start = next(e["time"] for e in events if e["segment"] == segment
-                     and e["event"] == "fit_start" and e["unit"] == "student")  # fmt: skip
-        end = next(e["time"] for e in events if e["segment"] == segment and e["unit"] == "student"
+                     and e["event"] == "fit_start" and e.get("unit") == "student")  # fmt: skip
+        end = next(e["time"] for e in events if e["segment"] == segment and e.get("unit") == "student"
                    and e["event"] == until and (epoch is None or e["epoch"] == epoch))  # fmt: skip
         return end - start
 
@@ -164,7 +164,10 @@ def _flip_a_byte(path: Path) -> None:
     with zipfile.ZipFile(path) as archive:
         info = max(archive.infolist(), key=lambda i: i.compress_size)
     data = bytearray(path.read_bytes())
-    data[info.header_offset + 30 + len(info.filename) + len(info.extra) + 8] ^= 0xFF
+    local = info.header_offset  # the local header: name and extra lengths at bytes 26 and 28
+    start = local + 30 + int.from_bytes(data[local + 26 : local + 28], "little")
+    start += int.from_bytes(data[local + 28 : local + 30], "little")
+    data[start + info.compress_size // 2] ^= 0xFF
     path.write_bytes(bytes(data))
 
 

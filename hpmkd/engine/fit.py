@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import Logger
 
 from hpmkd.data.loader import SplitsDataModule
@@ -155,7 +155,10 @@ def make_trainer(
         save_last=True,
         enable_version_counter=False,
     )
-    all_callbacks: list[Callback] = [*callbacks, checkpoint]
+    # Checkpoint-like callbacks (the run journal) run after the checkpoint is written
+    after = [c for c in callbacks if isinstance(c, Checkpoint)]
+    before = [c for c in callbacks if not isinstance(c, Checkpoint)]
+    all_callbacks: list[Callback] = [*before, checkpoint, *after]
     if show_progress:
         all_callbacks.append(RichProgressBar(leave=False))
     if not has_val:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Checkpoint
 
 JOURNAL_FILE = "journal.jsonl"
 
@@ -96,8 +96,12 @@ def segments(events: list[dict[str, Any]], now: float | None = None) -> list[dic
     return out
 
 
-class JournalEpochs(Callback):
-    """Journals each fit's start (with its first epoch), every finished epoch and its end."""
+class JournalEpochs(Checkpoint):
+    """Journals each fit's start (with its first epoch), every finished epoch and its end.
+
+    A ``Checkpoint`` so that Lightning runs its hooks after the ModelCheckpoint given before it:
+    an epoch is journaled once its checkpoint is on disk, so a resume never starts before it.
+    """
 
     def __init__(self, journal: Journal, unit: str) -> None:
         self.journal = journal

@@ -235,6 +235,7 @@ class RunContext:
         callbacks = [*callbacks, *self.journal_callbacks(unit)]
         if ckpt_path:
             log.info("%s: resuming from %s", unit, ckpt_path)
+            self.keep_metrics(out_dir)
         result = fit(
             module(init_stage=False),
             self.datamodule(),
@@ -256,6 +257,14 @@ class RunContext:
         """The checkpoint an interrupted fit in ``out_dir`` left, when this run resumes."""
         path = out_dir / LAST_CHECKPOINT
         return str(path) if self.resuming and path.is_file() else None
+
+    def keep_metrics(self, out_dir: Path) -> None:
+        """Lightning's CSV logger deletes an existing metrics.csv: keep the interrupted
+        process's epochs beside it."""
+        metrics = out_dir / "csv" / "metrics.csv"
+        if metrics.is_file():
+            segment = self.journal.segment if self.journal is not None else "resumed"
+            metrics.rename(metrics.with_name(f"metrics.before-segment{segment}.csv"))
 
     def unit_name(self, out_dir: Path) -> str:
         """A fit's name in the journal: its directory within the run (``student`` for the run's
