@@ -112,6 +112,7 @@ def test_crashed_run_resumes_from_last_checkpoint(run_cli, hpmkd_env, monkeypatc
     (pointer,) = resumed.outputs.rglob("resumed_into.json")
     assert json.loads(pointer.read_text())["resumed_into"] == str(run_dir)
     assert "resuming from" in (pointer.parent / "train.log").read_text()
+
     # the resumed run trained only the missing third epoch (epochs count from 0); the first
     # process's metrics are kept beside
     def trained(name: str) -> set[str]:

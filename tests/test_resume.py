@@ -133,10 +133,10 @@ def test_smskd_resumed_counts_the_training_time_of_both_processes(hpmkd_env, run
     assert fit_starts(events, 2)["student"] >= 4
 
     def span(segment: int, until: str, epoch: int | None = None) -> float:
-        start = next(e["time"] for e in events if e["segment"] == segment
-                     and e["event"] == "fit_start" and e.get("unit") == "student")  # fmt: skip
-        end = next(e["time"] for e in events if e["segment"] == segment and e.get("unit") == "student"
-                   and e["event"] == until and (epoch is None or e["epoch"] == epoch))  # fmt: skip
+        mine = [e for e in events if e["segment"] == segment and e.get("unit") == "student"]
+        start = next(e["time"] for e in mine if e["event"] == "fit_start")
+        end = next(e["time"] for e in mine
+                   if e["event"] == until and (epoch is None or e["epoch"] == epoch))  # fmt: skip
         return end - start
 
     results = _results(run_dir)
