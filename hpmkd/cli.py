@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,13 @@ def _hydra_error_message(err: Exception) -> str:
         group = (err.missing_cfg_file or "").rsplit("/", 1)
         if len(group) == 2:
             return f"unknown {group[0]} '{group[1]}'; valid: {', '.join(sorted(err.options))}"
-    return _one_line(str(err))
+    message = _one_line(str(err))
+    # Hydra's hint to add the key with `+` is wrong wherever the node does not accept new keys
+    # (config_keys), so it is not repeated.
+    missing = re.match(r"Could not override '([^']+)'\. To append to your config use \+", message)
+    if missing:
+        return f"Could not override '{missing[1]}': no such key"
+    return message
 
 
 def train(args: list[str]) -> int:

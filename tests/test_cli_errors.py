@@ -110,7 +110,7 @@ CASES = [
     ("+strategy=kd +method.tempreature=3", ["'method.tempreature'", "temperature"], None),
     ("+data.seperator=x", ["unknown key 'data.seperator'", "test_fraction"], None),
     ("+topping=1", ["unknown key 'topping'", "the top level", "recipe"], None),
-    ("recipe.epoch=3", ["Could not override 'recipe.epoch'"], None),
+    ("recipe.epoch=3", ["Could not override 'recipe.epoch': no such key"], None),
     # the CIFAR-10 JPEG copy unpacked into paths.data_dir itself, as the config used to say
     ("data=cifar10_jpeg student=resnet8", ["pass data.root=", "holds train/ and test/"], None),
 ]
