@@ -4,13 +4,14 @@
 # run as a checkpoint, so all rows share one teacher. Student: MLP (64, 32), 68x smaller on
 # letter. Tabular recipe (Adam 1e-3, cosine, batch 256) at $EPOCHS epochs, $SEEDS student seeds.
 # The runs share one store ($out/store): it holds the chain links and the run history ACM learns
-# from, so the order below matters and is part of the experiment: baselines, then four short KD
-# probes that give ACM some configuration variety, then HPM-KD and its ablations.
+# from: baselines, then four short KD probes that give ACM some configuration variety, then
+# HPM-KD and its ablations in one sweep, whose members all read the history as it was when the
+# sweep started (a snapshot in the sweep directory).
 #
 #   scripts/hpmkd_ablation.sh letter            # ablation
 #   SCAN=1 SEEDS=0,1 scripts/hpmkd_ablation.sh letter   # compression-ratio scan: CE, KD, PDC, HPM-KD
 # then, in outputs/hpmkd_ablation/letter (docs/hpmkd.md has the exact report commands):
-#   hpmkd report ce kd takd hpmkd hpmkd_no_* --out <dir>;  hpmkd report scan_* --out <dir>
+#   hpmkd report ce kd takd hpmkd --out <dir>;  hpmkd report scan_* --out <dir>
 set -uo pipefail
 data=${1:?usage: hpmkd_ablation.sh <letter|penbased>}
 epochs=${EPOCHS:-30}
@@ -33,10 +34,11 @@ if [ -z "${SCAN:-}" ]; then
   sweep probes seed=100 +strategy=kd method.temperature=2,8 \
     "method.kd_weight=0.5" "method.ce_weight=0.5"
   sweep probes_b seed=100 +strategy=kd method.temperature=2,8
-  sweep hpmkd "seed=$seeds" +strategy=hpmkd
-  for component in acm pdc awmt mts ppp som; do
-    sweep "hpmkd_no_$component" "seed=$seeds" +strategy=hpmkd "strategy.components.$component=false"
-  done
+  # HPM-KD and one row per component off, as ONE sweep: every member's ACM reads the same
+  # snapshot of the history (strategy.acm.history=auto is frozen under -m), whatever order the
+  # members run in; two members at a time, one thread each
+  sweep hpmkd sweep=hpmkd_ablation "seed=$seeds" hydra/launcher=parallel \
+    hydra.launcher.workers=2 hydra.launcher.threads_per_worker=1
 else
   ratios=${RATIOS:-5,10,20,50}
   sweep scan_ce "seed=$seeds" "student.target_ratio=$ratios"

@@ -93,6 +93,8 @@ SMSKD_SWEEPS = (
         "aggregate",
         ("experiment=crd_cifar100/r56_r20", "strategy=aggregate", "strategy.methods=[fitnet,kd]"),
     ),
+    # the SMSKD paper's other baseline, read as spot-adaptive KD (hpmkd/methods/sakd.py)
+    Sweep("sakd", ("experiment=crd_cifar100/r56_r20", "method=sakd", "method.base=fitnet,at")),
     Sweep(
         "two_stage",
         (
