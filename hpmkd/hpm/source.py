@@ -100,6 +100,8 @@ def prepare_history(cfg: DictConfig) -> None:
                 "the snapshot; a single run reads live or a history file"
             )
         return
+    if OmegaConf.select(cfg, "strategy.name", default="plain") == "plain":
+        return  # no teacher: neither reads nor adds to the history
     snapshot = sweep / SNAPSHOT_FILE
     if freeze(cfg.store.root, snapshot):
         log.info("ACM history of this sweep: %s (a snapshot of %s)", snapshot, cfg.store.root)
