@@ -145,7 +145,8 @@ def redone(events: list[dict]) -> list[str]:
 
 
 def reference_seconds(strategy: str, epochs: int, workdir: Path) -> float:
-    """Wall time of one uninterrupted run from its run.json on (start-up excluded)."""
+    """How long one uninterrupted run trains: from its first fit's start to its last fit's end,
+    read from its journal."""
     root = Path(tempfile.mkdtemp(prefix=f"ref-{strategy}-", dir=workdir))
     run_dir = root / "outputs" / "run"
     proc = subprocess.Popen(
@@ -155,18 +156,19 @@ def reference_seconds(strategy: str, epochs: int, workdir: Path) -> float:
         stderr=subprocess.PIPE,
         text=True,
     )
-    started = _wait_for(run_dir / "run.json", proc)
     _, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"{strategy}: the uninterrupted run failed: {err.strip()[-500:]}")
-    return time.monotonic() - started
+    fits = [e["time"] for e in _journal(run_dir) if e["event"] in ("fit_start", "fit_end")]
+    return max(fits) - min(fits)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen) -> float:
-    while not path.is_file():
+def _wait_for_training(run_dir: Path, proc: subprocess.Popen) -> float:
+    """Wait until the run's first fit has started (its journal says so)."""
+    while not any(e["event"] == "fit_start" for e in _journal(run_dir)):
         if proc.poll() is not None:
-            raise SystemExit(f"run ended before it wrote {path} (exit {proc.returncode})")
-        time.sleep(0.05)
+            raise SystemExit(f"run ended before it started training (exit {proc.returncode})")
+        time.sleep(0.02)
     return time.monotonic()
 
 
@@ -184,8 +186,8 @@ def trial(
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: spawned workers die with it
     )
-    started = _wait_for(run_dir / "run.json", proc)
-    time.sleep(max(0.0, started + rng.uniform(0.02, 0.8) * duration - time.monotonic()))
+    started = _wait_for_training(run_dir, proc)
+    time.sleep(max(0.0, started + rng.uniform(0.0, 1.0) * duration - time.monotonic()))
     if proc.poll() is not None:
         return None  # it finished before the kill: the caller draws another moment
     os.killpg(proc.pid, signal.SIGKILL)
@@ -214,6 +216,8 @@ def trial(
     if resumed.returncode == 0 and not (resumer / "resumed_into.json").is_file():
         problems.append("the resuming process's directory does not point at the resumed run")
     problems += redone(_journal(run_dir))
+    if problems:
+        problems.append(f"trial directory: {root}")
     return Trial(not problems, where, problems)
 
 
@@ -232,9 +236,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=3, help="kills per strategy")
     parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of every fit")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of every fit")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
-    parser.add_argument("--keep", action="store_true", help="keep the trial directories")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the trial directories (kept when one failed)"
+    )
     opts = parser.parse_args()
     rng = random.Random(opts.seed)
     print(f"fault drill on {cpu_name()}, {os.cpu_count()} CPUs; "
@@ -248,12 +254,13 @@ def main() -> None:
         ok = sum(t.ok for t in trials)
         passed, total = passed + ok, total + len(trials)
         where = ", ".join(t.killed_in for t in trials)
-        print(f"{strategy}: {ok}/{len(trials)} resumed (run {duration:.1f} s; killed in: {where})")
+        print(f"{strategy}: {ok}/{len(trials)} resumed (training {duration:.1f} s; killed in: "
+              f"{where})")  # fmt: skip
         for t in trials:
             for problem in t.problems:
                 print(f"  {strategy}: {problem}")
         sys.stdout.flush()
-    if not opts.keep:
+    if not opts.keep and passed == total:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     print(f"fault drill: {passed}/{total} resumed")
     sys.exit(0 if passed == total else 1)
