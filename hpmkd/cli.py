@@ -6,7 +6,8 @@ import argparse
 import os
 import re
 import sys
-from typing import TYPE_CHECKING
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
 
 from hpmkd.errors import UserError
 
@@ -15,7 +16,8 @@ if TYPE_CHECKING:
 
     from hpmkd.store import ArtifactStore
 
-USAGE = """usage: hpmkd <command> [args]
+USAGE = """usage: hpmkd <command> [args]   (hpmkd --version; shell completion:
+       eval "$(hpmkd train -sc install=bash)")
 
 commands:
   train    train or distil (Hydra overrides; `hpmkd train --help` lists config groups)
@@ -53,34 +55,38 @@ def train(args: list[str]) -> int:
     from omegaconf import DictConfig
 
     from hpmkd import config
-    from hpmkd.engine.fit import quiet_lightning
 
     config.setup()
-    quiet_lightning()
 
     user_errors: list[UserError] = []
     started: list[bool] = []
 
     @hydra.main(version_base="1.3", config_path=str(config.config_dir()), config_name="train")
-    def app(cfg: DictConfig) -> None:
+    def app(cfg: DictConfig) -> float | None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from hpmkd.train import run_train
-
         started.append(True)
         try:
-            run_train(cfg)
+            config.check_values(cfg)
+            # torch and Lightning only from here on: --help, --cfg and config errors answer fast
+            from hpmkd.engine.fit import quiet_lightning
+            from hpmkd.train import run_train
+
+            quiet_lightning()
+            return objective(run_train(cfg), cfg.get("optimized_metric"))
         except UserError as err:
             # A sweep member fails on its own (Hydra names it); a single run reports one line.
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 raise
             user_errors.append(err)
+            return None
 
     # Hydra must not print its own multi-line report: user errors become one line, bugs keep
     # their traceback.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = ["hpmkd train", *args]
+    # Hydra's completion script names the program by sys.argv[0]; it calls `hpmkd -sc query=...`
+    sys.argv = ["hpmkd" if _shell_completion(args) else "hpmkd train", *args]
     try:
         app()
     except UserError as err:
@@ -93,6 +99,55 @@ def train(args: list[str]) -> int:
         # Hydra creates the run directory (HPMKD_OUTPUTS, hydra.run.dir) before the app starts
         return _fail(f"cannot create the run directory '{err.filename}': {err.strerror}")
     return _fail(str(user_errors[0])) if user_errors else 0
+
+
+def objective(results: dict[str, Any], metric: str | None) -> float | None:
+    """What a Hydra sweeper optimises: ``results[metric]`` as a float.
+
+    None where the run has no such value (``acc_best`` without a validation split), which only a
+    sweeper other than Hydra's basic one (Optuna) cannot take: a UserError then.
+    """
+    value = results.get(metric) if metric else None
+    if value is not None:
+        return float(value)
+    if metric and _optimising_sweeper():
+        raise UserError(
+            f"optimized_metric '{metric}' has no value in this run's results "
+            f"(acc_best and acc_last need a validation split); pick another optimized_metric"
+        )
+    return None
+
+
+def _optimising_sweeper() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    target = HydraConfig.get().sweeper.get("_target_", "")
+    return bool(target) and not target.endswith(".BasicSweeper")
+
+
+_COMPLETION_FLAGS = ("-sc", "--shell-completion")
+
+
+def _shell_completion(args: list[str]) -> bool:
+    return any(a in _COMPLETION_FLAGS or a.startswith("--shell-completion=") for a in args)
+
+
+def complete(args: list[str]) -> int:
+    """``hpmkd -sc query=<shell>``, as the script of ``hpmkd train -sc install=<shell>`` calls it
+    with the line being completed in COMP_LINE: the command names, then train's overrides."""
+    line = os.environ.get("COMP_LINE", "")
+    words = line.split()
+    new_word = line.endswith(" ")
+    if len(words) >= 2 and words[1] == "train" and (new_word or len(words) > 2):
+        # Hydra completes the line after the program's name: `train` is not an override
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]]) + (" " if new_word else "")
+        return train(args)
+    if len(words) == 1 + (not new_word):
+        prefix = "" if new_word else words[1]
+        print("\n".join(name for name in COMMANDS if name.startswith(prefix)))
+    return 0
 
 
 def _fail(message: str) -> int:
@@ -213,7 +268,12 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        print(f"hpmkd {version('hpmkd')}")
+        sys.exit(0)
     command, rest = argv[0], argv[1:]
+    if command in _COMPLETION_FLAGS:
+        sys.exit(complete(argv))
     if command not in COMMANDS:
         sys.exit(_fail(f"unknown command '{command}'; valid: {', '.join(COMMANDS)}"))
     try:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import platformdirs
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from hpmkd.config_keys import check_added_keys
 from hpmkd.errors import UserError
 from hpmkd.paths import check_writable_dir
 
@@ -28,7 +30,15 @@ def _wandb_offline() -> bool:
 
 
 # where a run writes, how it logs and which seed it uses: not what makes it a configuration
-_NOT_IN_GROUP = ("seed", "paths", "logger", "store", "resume", "tags", "skip_complete")
+_NOT_IN_GROUP = (
+    "seed", "paths", "logger", "store", "resume", "tags", "skip_complete", "optimized_metric",
+)  # fmt: skip
+
+# numbers of results.json a sweeper can optimise (``optimized_metric``)
+OBJECTIVES = (
+    "acc_best", "acc_last", "test_acc", "test_acc_best", "test_acc_last", "test_acc_top5_last",
+    "retention", "compression_ratio", "train_time_s", "wall_time_s",
+)  # fmt: skip
 
 
 def _run_group(*, _root_: DictConfig) -> str:
@@ -59,36 +69,48 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
-def register_model_groups() -> None:
-    """One `teacher=<name>`, `student=<name>` and `assistant=<name>` option per registered model.
+MODEL_TABLE = _PACKAGE_DIR / "model_table.json"
 
-    Generated from the model registry so that the zoo and the config groups never drift apart.
-    """
+
+def registry_model_table() -> dict[str, dict[str, Any]]:
+    """Every selectable model name -> its default parameters, from the model registry (imports
+    torch); ``MODEL_TABLE`` holds a copy so that composing a config does not."""
     from hpmkd.models import list_models, model_info
 
-    store = ConfigStore.instance()
     # Any wrn_D_W builds; these common ones are also selectable as config-group options.
     wide_resnets = [f"wrn_{d}_{w}" for d in (10, 16, 22, 28, 40) for w in (1, 2, 4, 8, 10)]
-    for name in sorted(set(list_models()) | set(wide_resnets)):
-        params = dict(model_info(name).default_params)
+    names = sorted(set(list_models()) | set(wide_resnets))
+    return {name: dict(model_info(name).default_params) for name in names}
+
+
+def write_model_table() -> Path:
+    """Regenerate ``MODEL_TABLE`` from the registry (after a model is added or changed)."""
+    MODEL_TABLE.write_text(json.dumps(registry_model_table(), indent=1, sort_keys=True) + "\n")
+    return MODEL_TABLE
+
+
+MODEL_GROUPS = ("teacher", "student", "assistant")
+
+
+def model_table() -> dict[str, dict[str, Any]]:
+    """``MODEL_TABLE``: model name -> default parameters, without importing torch."""
+    return json.loads(MODEL_TABLE.read_text())
+
+
+def model_group_node(group: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The option ``<group>=<name>`` of a generated model group (``MODEL_GROUPS``)."""
+    if group == "student":
         # target_ratio: replaced by the member of this model's family closest to
         # teacher parameters / target_ratio (a compression-ratio scan)
-        student = {"arch": name, "params": params, "target_ratio": None}
-        store.store(group="student", name=name, node=student)
-        store.store(
-            group="assistant", name=name, node={"arch": name, "params": params, "checkpoint": None}
-        )
+        return {"arch": name, "params": params, "target_ratio": None}
+    if group == "teacher":
         # seed null: the run's seed. A fixed teacher seed lets a seed sweep share one teacher.
-        store.store(
-            group="teacher",
-            name=name,
-            node={"arch": name, "params": params, "checkpoint": None, "seed": None},
-        )
+        return {"arch": name, "params": params, "checkpoint": None, "seed": None}
+    return {"arch": name, "params": params, "checkpoint": None}
 
 
 def setup() -> None:
     register_resolvers()
-    register_model_groups()
 
 
 def _positive(value: object, what: str) -> None:
@@ -98,13 +120,9 @@ def _positive(value: object, what: str) -> None:
         raise UserError(f"{what} must be a positive number, got {value!r}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks that need no data or model: fail before anything is loaded or trained."""
-    # imported here: torch and Lightning are not needed by the config plumbing above
-    from hpmkd.config_keys import check_added_keys
-    from hpmkd.engine.devices import check_devices, run_device_type
-    from hpmkd.engine.perf import check_precision
-
+def check_values(cfg: DictConfig) -> None:
+    """The checks that need neither torch nor the machine's devices: a bad value answers before
+    the training stack is imported."""
     recipe = cfg.recipe
     _positive(recipe.epochs, "recipe.epochs")
     if not isinstance(recipe.epochs, int):
@@ -126,21 +144,33 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(
                 f"no {role} configured; pick one with {role}=<model> (see `hpmkd models`)"
             )
+    metric = cfg.get("optimized_metric")
+    if metric is not None and metric not in OBJECTIVES:
+        raise UserError(f"unknown optimized_metric '{metric}'; valid: {', '.join(OBJECTIVES)}")
     resume = cfg.get("resume")
     if resume not in (True, False, None) and not isinstance(resume, str):
         raise UserError(f"resume must be true, false or a path, got {resume!r}")
     _whole(cfg.get("seed"), "seed")
     _whole(cfg.teacher.get("seed"), "teacher.seed")
     _positive(cfg.student.get("target_ratio"), "student.target_ratio")
+    check_writable_dir(cfg.paths.cache_dir, "cache directory (HPMKD_CACHE, paths.cache_dir)")
+    check_writable_dir(cfg.store.root, "store.root")
+    check_added_keys(cfg)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that need no data or model: fail before anything is loaded or trained."""
+    # imported here: torch and Lightning are not needed by the config plumbing above
+    from hpmkd.engine.devices import check_devices, run_device_type
+    from hpmkd.engine.perf import check_precision
+
+    check_values(cfg)
     if cfg.get("teachers") is not None:
-        from hpmkd.strategies.multi_teacher import teacher_configs
+        from hpmkd.engine.model_config import teacher_configs
 
         teacher_configs(cfg)
     check_devices(cfg.trainer)
     check_precision(cfg.trainer.get("precision"), run_device_type(cfg.trainer.get("accelerator")))
-    check_writable_dir(cfg.paths.cache_dir, "cache directory (HPMKD_CACHE, paths.cache_dir)")
-    check_writable_dir(cfg.store.root, "store.root")
-    check_added_keys(cfg)
 
 
 def _whole(value: object, what: str) -> None:

@@ -1,0 +1,1 @@
+"""The generated `teacher`, `student` and `assistant` config groups (hpmkd-models://)."""
