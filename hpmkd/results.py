@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hpmkd.data.splits import DataSplits
+from hpmkd.engine.records import StrategyResult
 from hpmkd.io import write_json_atomic
-from hpmkd.strategies.context import StrategyResult
 
 RESULTS_FILE = "results.json"
 # results.json layout version: 2 adds ``schema`` itself, ``time`` (total, per unit, per segment)

@@ -7,25 +7,27 @@ import logging
 import sys
 import time
 import zipfile
+from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
 from hpmkd import config
-from hpmkd.data import load_data
-from hpmkd.data.splits import DataSplits
+from hpmkd.data import DataSplits, load_data
+from hpmkd.engine.context import LAST_CHECKPOINT, RunContext
 from hpmkd.engine.ddp import is_global_zero
 from hpmkd.engine.journal import Journal, read_journal, segments
+from hpmkd.engine.model_config import student_at_ratio
 from hpmkd.engine.teacher_cache import cache_summary
 from hpmkd.errors import UserError
 from hpmkd.hpm.history import append_run
 from hpmkd.hpm.record import history_row
 from hpmkd.hpm.source import prepare_history
 from hpmkd.io import write_json_atomic
-from hpmkd.models import build_model, count_parameters
-from hpmkd.models.family import family_members, member_at_ratio
+from hpmkd.methods import DistillMethod
 from hpmkd.results import (
     RESULTS_FILE,
     RESUMED_INTO_FILE,
@@ -35,9 +37,7 @@ from hpmkd.results import (
     write_results,
 )
 from hpmkd.store import ArtifactStore, content_key
-from hpmkd.strategies import RunContext, run_strategy
-from hpmkd.strategies.context import LAST_CHECKPOINT, model_params
-from hpmkd.strategies.multi_teacher import teacher_configs
+from hpmkd.strategies import run_strategy
 
 log = logging.getLogger("hpmkd")
 
@@ -203,25 +203,6 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-def student_at_ratio(cfg: DictConfig, data: DataSplits) -> None:
-    """Replace the student by the member of its family at ``student.target_ratio`` (in place)."""
-    shape = {"num_classes": data.num_classes, "input_shape": data.input_shape}
-    teacher_params = max(
-        count_parameters(build_model(t.arch, **shape, **model_params(t)))
-        for t in teacher_configs(cfg)
-    )
-    student = cfg.student
-    members = family_members(student.arch, model_params(student), **shape)
-    member, ratio = member_at_ratio(members, teacher_params, float(student.target_ratio))
-    log.info(
-        "student for target ratio %g: %s, %s parameters (ratio %.1f)",
-        student.target_ratio, member.label, f"{member.num_params:,}", ratio,
-    )  # fmt: skip
-    with open_dict(cfg):
-        student.arch = member.arch
-        student.params = member.params
-
-
 def completed_results(out_dir: Path, key: str) -> dict | None:
     """The results of a finished run of this very configuration in ``out_dir``, if any."""
     results_file, run_file = out_dir / RESULTS_FILE, out_dir / RUN_FILE
@@ -254,19 +235,32 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def run_train(cfg: DictConfig) -> dict:
+def run_train(
+    cfg: DictConfig,
+    *,
+    data: DataSplits | None = None,
+    given: Mapping[str, nn.Module] | None = None,
+    given_method: DistillMethod | None = None,
+) -> dict:
     """One run; a finished run of the same config in the same directory is not run again
     (``skip_complete``), and a failure leaves ``failure.json`` (in the directory the run worked
-    in) before it propagates."""
+    in) before it propagates. The Python API passes its ``data`` (instead of ``cfg.data``),
+    model instances by the ``arch`` their nodes name, and a method instance."""
     try:
-        return _run(cfg, Path(cfg.paths.output_dir))
+        return _run(cfg, Path(cfg.paths.output_dir), data, given or {}, given_method)
     except BaseException as err:
         if not isinstance(err, KeyboardInterrupt):
             record_failure(Path(cfg.paths.output_dir), cfg, err)
         raise
 
 
-def _run(cfg: DictConfig, out_dir: Path) -> dict:
+def _run(
+    cfg: DictConfig,
+    out_dir: Path,
+    given_data: DataSplits | None,
+    given: Mapping[str, nn.Module],
+    given_method: DistillMethod | None,
+) -> dict:
     started = time.time()
     config.validate(cfg)
     prepare_history(cfg)  # a sweep's ACM history snapshot, before this run can add a row
@@ -280,7 +274,7 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict:
     if resume_dir is not None:
         out_dir = continue_in(cfg, out_dir, resume_dir)
     strategy = cfg.strategy.name if cfg.get("strategy") else "plain"
-    data = load_data(cfg.data)
+    data = given_data if given_data is not None else load_data(cfg.data)
     if cfg.student.get("target_ratio"):
         student_at_ratio(cfg, data)
     writer = is_global_zero()  # ranks started by torchrun/srun: rank 0 writes for all of them
@@ -302,6 +296,8 @@ def _run(cfg: DictConfig, out_dir: Path) -> dict:
             store=ArtifactStore(cfg.store.root),
             ckpt_path=ckpt_path,
             journal=journal,
+            given=given,
+            given_method=given_method,
         )
         try:
             result = run_strategy(strategy, ctx)

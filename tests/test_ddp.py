@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from hpmkd.data.augment import BatchTransform
 from hpmkd.data.loader import SplitsDataModule
+from hpmkd.engine.context import RunContext, prepare_method
 from hpmkd.engine.ddp import DDPStrategy, _SpawnLauncher, launched_rank
 from hpmkd.engine.fit import make_trainer, one_device, per_rank
 from hpmkd.engine.module import DistillModule
@@ -30,7 +31,6 @@ from hpmkd.errors import UserError
 from hpmkd.methods import build_method
 from hpmkd.models import build_model
 from hpmkd.parallel import DEVICE_ENV
-from hpmkd.strategies.context import RunContext, prepare_method
 from tests.conftest import TINY
 
 DDP_CPU = ["trainer=ddp_cpu", *TINY]
@@ -188,7 +188,7 @@ class RankProbe(Callback):
 @pytest.fixture
 def probes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every fit of a run gets a RankProbe; fit k of a run writes to probes/<k>-<its dir name>."""
-    from hpmkd.strategies import context
+    from hpmkd.engine import context
 
     root = tmp_path / "probes"
     real_fit = context.fit

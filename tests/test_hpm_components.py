@@ -82,7 +82,7 @@ def test_target_ratio_resizes_a_cifar_student_whose_params_are_empty():
 
     from omegaconf import OmegaConf
 
-    from hpmkd.train import student_at_ratio
+    from hpmkd.engine.model_config import student_at_ratio
 
     cfg = OmegaConf.create({
         "teacher": {"arch": "resnet56", "params": {}},

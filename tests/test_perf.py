@@ -19,6 +19,7 @@ from hpmkd.data.augment import BatchTransform
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
 from hpmkd.engine import perf
+from hpmkd.engine.context import RunContext
 from hpmkd.engine.module import DistillModule, FrozenTeacher
 from hpmkd.engine.perf import (
     CompiledForward,
@@ -32,7 +33,6 @@ from hpmkd.methods import build_method
 from hpmkd.methods.base import ModelOutputs
 from hpmkd.models import build_model
 from hpmkd.models.ensemble import TeacherEnsemble
-from hpmkd.strategies.context import RunContext
 from tests.conftest import TINY
 
 AUTO = {"channels_last": "auto", "device_data": "auto", "compile": False, "cuda_graphs": False}

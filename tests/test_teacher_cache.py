@@ -142,7 +142,7 @@ def test_the_cache_pickles_without_its_mapped_files(tmp_path):
 
 
 def _context(tmp_path, teacher_cache: bool):
-    from hpmkd.strategies.context import RunContext
+    from hpmkd.engine.context import RunContext
 
     x, y = _images()
     data = DataSplits(

@@ -13,15 +13,14 @@ from rich.console import Console
 
 from hpmkd import config
 from hpmkd.data import load_data
+from hpmkd.engine.context import RunContext
+from hpmkd.engine.model_config import student_at_ratio, teacher_configs
+from hpmkd.engine.obtain import model_spec
 from hpmkd.errors import UserError
 from hpmkd.hpm.record import consult_acm, has_chain
 from hpmkd.hpm.source import history_source, validate_acm
 from hpmkd.models import count_parameters
 from hpmkd.store import ArtifactStore, content_key
-from hpmkd.strategies.context import RunContext
-from hpmkd.strategies.multi_teacher import teacher_configs
-from hpmkd.strategies.teacher import model_spec
-from hpmkd.train import student_at_ratio
 
 
 def show_acm(overrides: list[str], console: Console | None = None) -> None:

@@ -98,6 +98,8 @@ def history_row(results: dict[str, Any], data: DataSplits) -> dict[str, Any] | N
     strategy = config.get("strategy") or {}
     if not teacher or not method or not teacher.get("test_acc") or results["test_acc"] is None:
         return None
+    if method.get("instance"):  # a method passed as an instance (the Python API): settings unknown
+        return None
     if not (strategy.get("components") or {}).get("som", True):
         return None
     alpha = _alpha(method)

@@ -49,12 +49,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from hpmkd.config import config_dir
 from hpmkd.errors import UserError
+from hpmkd.method_config import method_config
 from hpmkd.methods.at import attention_map
 from hpmkd.methods.base import (
     DistillMethod,
@@ -98,10 +97,7 @@ def base_config(base: str, overrides: Mapping[str, Any] | None) -> dict[str, Any
         raise UserError(
             f"sakd: base_cfg may not set {', '.join(owned)}; set method.{owned[0]} (SAKD's own)"
         )
-    merged = OmegaConf.merge(OmegaConf.load(config_dir() / "method" / f"{base}.yaml"), overrides)
-    cfg: dict[str, Any] = OmegaConf.to_container(merged, resolve=True)  # type: ignore[assignment]
-    cfg["name"] = base
-    return cfg
+    return method_config({**overrides, "name": base})
 
 
 @register_method

@@ -1,29 +1,14 @@
-"""Strategies decide which engine runs happen and in what order; one small module each."""
+"""Strategies decide which engine runs happen and in what order; one small module each.
 
-from __future__ import annotations
+Every module of this package is imported here, so a new strategy file registers itself.
+"""
 
-from collections.abc import Callable
+import importlib
+import pkgutil
 
-from hpmkd.errors import unknown_name
-from hpmkd.strategies import hpmkd, kd, multi_teacher, plain, progressive, smskd, takd
-from hpmkd.strategies.context import RunContext, StrategyResult
+from hpmkd.strategies.registry import STRATEGIES, register_strategy, run_strategy
 
-STRATEGIES: dict[str, Callable[[RunContext], StrategyResult]] = {
-    "plain": plain.run,
-    "kd": kd.run,
-    "takd": takd.run,
-    "smskd": smskd.run,
-    "aggregate": smskd.run_aggregate,
-    "progressive": progressive.run,
-    "multi_teacher": multi_teacher.run,
-    "hpmkd": hpmkd.run,
-}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
-
-def run_strategy(name: str, ctx: RunContext) -> StrategyResult:
-    if name not in STRATEGIES:
-        raise unknown_name("strategy", name, list(STRATEGIES))
-    return STRATEGIES[name](ctx)
-
-
-__all__ = ["STRATEGIES", "RunContext", "StrategyResult", "run_strategy"]
+__all__ = ["STRATEGIES", "register_strategy", "run_strategy"]

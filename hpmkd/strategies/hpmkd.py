@@ -5,7 +5,9 @@
 2. ACM reads the run history from the shared memory (live, or the sweep's snapshot: see
    ``hpmkd.hpm.source``) and picks T0, alpha, lr, epochs and the chain's epsilon for this setting
    (documented defaults on a cold start); results.json's ``details.acm`` says from which history
-   and how many rows.
+   and how many rows. The choice reaches the fits as an explicit ``TrainingChoice`` (lr, epochs,
+   MTS) and the chain's method config (T0, alpha); the run's config stays as written, and
+   ``details.config`` (the choice) is what the run's history row records.
 3. PDC grows the chain; every link and every candidate student distils from the AWMT ensemble
    of all models above it, with MTS driving the temperature.
 4. SOM: every model is stored and reused, and the finished run joins the history ACM learns from.
@@ -23,16 +25,18 @@ import logging
 from dataclasses import asdict, replace
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
+from hpmkd.engine.context import RunContext, TrainingChoice
+from hpmkd.engine.records import StrategyResult
 from hpmkd.hpm.acm import ACMConfig, Prediction
 from hpmkd.hpm.record import consult_acm, has_chain
 from hpmkd.hpm.source import HistorySource, history_source
 from hpmkd.models import count_parameters
 from hpmkd.store import ArtifactStore
-from hpmkd.strategies.context import RunContext, StrategyResult
 from hpmkd.strategies.multi_teacher import Trained, ensemble_of, obtain_teachers
 from hpmkd.strategies.progressive import build_chain, chain_result
+from hpmkd.strategies.registry import register_strategy
 
 log = logging.getLogger("hpmkd")
 
@@ -83,32 +87,34 @@ def _acm_details(prediction: Prediction, source: HistorySource) -> dict[str, Any
     }
 
 
-def applied(cfg: DictConfig, chosen: ACMConfig) -> DictConfig:
-    """The run's config with the chosen values in place (a copy)."""
-    cfg = cfg.copy()
-    components = cfg.strategy.components
-    with open_dict(cfg):
-        cfg.recipe.optimizer.lr = chosen.lr
-        cfg.recipe.epochs = chosen.epochs
-        cfg.method.temperature = chosen.T0
-        cfg.method.alpha = chosen.alpha
-        cfg.method.weighting = "attention" if components.awmt else "uniform"
-        cfg.temperature = (
-            OmegaConf.merge(cfg.strategy.mts, {"name": "mts", "t0": chosen.T0})
-            if components.mts
-            else None
-        )
-    return cfg
+def training_choice(cfg: DictConfig, chosen: ACMConfig) -> TrainingChoice:
+    """What every fit of the run trains with: the chosen lr and epochs, and MTS from the chosen
+    T0 (a constant temperature when MTS is off)."""
+    mts = OmegaConf.create(
+        OmegaConf.to_container(cfg.strategy.mts, resolve=True) | {"name": "mts", "t0": chosen.T0}
+    )
+    return TrainingChoice(
+        lr=chosen.lr, epochs=chosen.epochs, temperature=mts if cfg.strategy.components.mts else None
+    )
 
 
+def chosen_method(cfg: DictConfig, chosen: ACMConfig) -> dict[str, Any]:
+    """The run's method with the chosen T0 and alpha, weighting its teachers by attention (AWMT)
+    or uniformly."""
+    method: dict[str, Any] = OmegaConf.to_container(cfg.method, resolve=True)  # type: ignore[assignment]
+    weighting = "attention" if cfg.strategy.components.awmt else "uniform"
+    return method | {"temperature": chosen.T0, "alpha": chosen.alpha, "weighting": weighting}
+
+
+@register_strategy("hpmkd")
 def run(ctx: RunContext) -> StrategyResult:
     components = ctx.cfg.strategy.components
     if not components.som:
         ctx = replace(ctx, store=ArtifactStore(ctx.out_dir / "private_store"))
     teachers = obtain_teachers(ctx, parallel=components.ppp)
     chosen, acm = choose(ctx, teachers)
-    ctx = replace(ctx, cfg=applied(ctx.cfg, chosen))
-    method_cfg: dict[str, Any] = OmegaConf.to_container(ctx.cfg.method, resolve=True)  # type: ignore[assignment]
+    ctx = replace(ctx, choice=training_choice(ctx.cfg, chosen))
+    method_cfg = chosen_method(ctx.cfg, chosen)
 
     def combine(available: Any) -> Trained:
         return ensemble_of(ctx, available, concurrent=components.ppp)

@@ -9,9 +9,11 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 from torch import nn
 
+from hpmkd.engine.context import RunContext
+from hpmkd.engine.obtain import obtain_teacher, teacher_identity
+from hpmkd.engine.records import StrategyResult, model_record
 from hpmkd.methods import DistillMethod, build_method
-from hpmkd.strategies.context import RunContext, StrategyResult, model_record
-from hpmkd.strategies.teacher import obtain_teacher, teacher_identity
+from hpmkd.strategies.registry import register_strategy
 
 
 def distil_student(
@@ -29,7 +31,10 @@ def distil_student(
     """
     ctx.seed()
     student = ctx.build(ctx.cfg.student)
-    method = make_method(student) if make_method else build_method(method_cfg)
+    if make_method is not None:
+        method = make_method(student)
+    else:
+        method = ctx.given_method or build_method(method_cfg)
     result = ctx.train_student(
         student, method, teacher=teacher, teacher_id=teacher_id, callbacks=callbacks
     )
@@ -41,6 +46,7 @@ def distil_student(
     )
 
 
+@register_strategy("kd")
 def run(ctx: RunContext) -> StrategyResult:
     teacher, teacher_record = obtain_teacher(ctx, ctx.cfg.teacher)
     method_cfg = OmegaConf.to_container(ctx.cfg.method, resolve=True)

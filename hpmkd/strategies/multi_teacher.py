@@ -20,39 +20,21 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hpmkd.data import load_data
+from hpmkd.engine.context import RunContext
 from hpmkd.engine.evaluate import accuracy
 from hpmkd.engine.journal import JOURNAL_FILE, Journal
-from hpmkd.errors import UserError
+from hpmkd.engine.model_config import teacher_configs
+from hpmkd.engine.obtain import model_spec, obtain_model, teacher_identity
+from hpmkd.engine.records import ModelRecord, StrategyResult
 from hpmkd.models.ensemble import TeacherEnsemble
-from hpmkd.models.registry import model_info
 from hpmkd.parallel import Job, run_jobs
 from hpmkd.store import ArtifactStore, content_key
-from hpmkd.strategies.context import ModelRecord, RunContext, StrategyResult
 from hpmkd.strategies.kd import distil_student
-from hpmkd.strategies.teacher import model_spec, obtain_model, teacher_identity
+from hpmkd.strategies.registry import register_strategy
 
 log = logging.getLogger("hpmkd")
 
 Trained = tuple[nn.Module, ModelRecord]
-
-
-def teacher_configs(cfg: DictConfig) -> list[DictConfig]:
-    """``teachers`` as full model nodes (registry defaults filled in); ``[teacher]`` if null."""
-    entries = cfg.get("teachers")
-    if entries is None:
-        entries = [cfg.teacher]
-    if len(entries) == 0:
-        raise UserError(
-            "teachers=[] names no teacher; list at least one, e.g. teachers=[mlp_large,mlp], "
-            "or teachers=null to use `teacher`"
-        )
-    nodes = []
-    for entry in entries:
-        node: dict[str, Any] = {"arch": entry} if isinstance(entry, str) else dict(entry)
-        defaults = dict(model_info(node["arch"]).default_params)
-        node["params"] = defaults | dict(node.get("params") or {})
-        nodes.append(OmegaConf.create({"checkpoint": None, "seed": None} | node))
-    return nodes
 
 
 def train_model_job(
@@ -120,6 +102,7 @@ def ensemble_of(ctx: RunContext, models: Sequence[Trained], *, concurrent: bool)
     return ensemble.eval().requires_grad_(False), record
 
 
+@register_strategy("multi_teacher")
 def run(ctx: RunContext) -> StrategyResult:
     parallel = ctx.cfg.strategy.parallel
     teachers = obtain_teachers(ctx, parallel=parallel)

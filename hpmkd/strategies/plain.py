@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from hpmkd.engine.context import RunContext
+from hpmkd.engine.records import StrategyResult, model_record
 from hpmkd.methods import build_method
-from hpmkd.strategies.context import RunContext, StrategyResult, model_record
+from hpmkd.strategies.registry import register_strategy
 
 
+@register_strategy("plain")
 def run(ctx: RunContext) -> StrategyResult:
     ctx.seed()
     student = ctx.build(ctx.cfg.student)

@@ -24,21 +24,18 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from torch import nn
 
+from hpmkd.engine.context import STUDENT_FILE, RunContext
 from hpmkd.engine.ddp import is_global_zero
 from hpmkd.engine.fit import FitResult
+from hpmkd.engine.model_config import model_params
+from hpmkd.engine.obtain import obtain_model, obtain_teacher
+from hpmkd.engine.records import ModelRecord, StrategyResult
 from hpmkd.errors import UserError
 from hpmkd.hpm.chain import ChainRow, chain_table, next_member, save_chain
 from hpmkd.io import write_atomic
 from hpmkd.models import count_parameters
 from hpmkd.models.family import Member, family_members
-from hpmkd.strategies.context import (
-    STUDENT_FILE,
-    ModelRecord,
-    RunContext,
-    StrategyResult,
-    model_params,
-)
-from hpmkd.strategies.teacher import obtain_model, obtain_teacher
+from hpmkd.strategies.registry import register_strategy
 
 log = logging.getLogger("hpmkd")
 
@@ -157,6 +154,7 @@ def chain_result(
     )
 
 
+@register_strategy("progressive")
 def run(ctx: RunContext) -> StrategyResult:
     strategy = ctx.cfg.strategy
     teacher = obtain_teacher(ctx, ctx.cfg.teacher)

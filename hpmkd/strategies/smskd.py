@@ -17,30 +17,24 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from hpmkd.config import config_dir
 from hpmkd.data.augment import BatchTransform
+from hpmkd.engine.context import RunContext
+from hpmkd.engine.obtain import obtain_teacher
+from hpmkd.engine.records import StrategyResult
 from hpmkd.errors import UserError
+from hpmkd.method_config import method_config
 from hpmkd.methods.aggregate import Aggregate
 from hpmkd.methods.composite import build_children
 from hpmkd.methods.smskd import SMSKD
-from hpmkd.strategies.context import RunContext, StrategyResult
 from hpmkd.strategies.kd import distil_student
-from hpmkd.strategies.teacher import obtain_teacher
+from hpmkd.strategies.registry import register_strategy
 
 
-def method_config(name_or_cfg: str | dict[str, Any]) -> dict[str, Any]:
-    """A method's defaults from ``conf/method/<name>.yaml``, with ``overrides`` on top."""
-    overrides = {"name": name_or_cfg} if isinstance(name_or_cfg, str) else dict(name_or_cfg)
-    path = config_dir() / "method" / f"{overrides['name']}.yaml"
-    if not path.is_file():
-        valid = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise UserError(f"unknown method '{overrides['name']}'; valid: {', '.join(valid)}")
-    merged = OmegaConf.merge(OmegaConf.load(path), overrides)
-    return OmegaConf.to_container(merged, resolve=True)  # type: ignore[return-value]
-
-
-def stage_plan(strategy: DictConfig, epochs: int) -> tuple[list[dict[str, Any]], list[int]]:
-    """(method configs, start epochs) from the compact or the full form."""
+def stage_plan(
+    strategy: DictConfig, epochs: int, root: DictConfig | None = None
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """(method configs, start epochs) from the compact or the full form; each method resolved
+    within ``root``, the run's config (its ``fidelity``), when given."""
     plain = OmegaConf.to_container(strategy, resolve=True)
     if plain.get("stages"):  # type: ignore[union-attr]
         stages = plain["stages"]  # type: ignore[index]
@@ -56,7 +50,7 @@ def stage_plan(strategy: DictConfig, epochs: int) -> tuple[list[dict[str, Any]],
     starts = [round(s * epochs) if isinstance(s, float) and s < 1 else int(s) for s in starts]
     if any(s >= epochs for s in starts[1:]):
         raise UserError(f"smskd: stage starts {starts} must lie before recipe.epochs={epochs}")
-    return [method_config(m) for m in methods], starts
+    return [method_config(m, root) for m in methods], starts
 
 
 def forgetting_rates(correct: list[Tensor]) -> list[float]:
@@ -115,10 +109,11 @@ class ForgettingRate(Callback):
             self.rates = list(state_dict["rates"])
 
 
+@register_strategy("smskd")
 def run(ctx: RunContext) -> StrategyResult:
     strategy = ctx.cfg.strategy
     teacher, teacher_record = obtain_teacher(ctx, ctx.cfg.teacher)
-    methods, starts = stage_plan(strategy, ctx.cfg.recipe.epochs)
+    methods, starts = stage_plan(strategy, ctx.recipe.epochs, ctx.cfg)
 
     def make_method(student: nn.Module) -> SMSKD:
         return SMSKD(
@@ -146,10 +141,11 @@ def run(ctx: RunContext) -> StrategyResult:
     return result
 
 
+@register_strategy("aggregate")
 def run_aggregate(ctx: RunContext) -> StrategyResult:
     strategy = ctx.cfg.strategy
     teacher, teacher_record = obtain_teacher(ctx, ctx.cfg.teacher)
-    methods = [method_config(m) for m in strategy.methods]
+    methods = [method_config(m, ctx.cfg) for m in strategy.methods]
 
     def make_method(student: nn.Module) -> Aggregate:
         return Aggregate(build_children(methods), lambda_c=strategy.lambda_c)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from hpmkd.strategies.context import RunContext, StrategyResult
+from hpmkd.engine.context import RunContext
+from hpmkd.engine.obtain import obtain_model, obtain_teacher, teacher_identity
+from hpmkd.engine.records import StrategyResult
 from hpmkd.strategies.kd import distil_student
-from hpmkd.strategies.teacher import obtain_model, obtain_teacher, teacher_identity
+from hpmkd.strategies.registry import register_strategy
 
 
+@register_strategy("takd")
 def run(ctx: RunContext) -> StrategyResult:
     teacher = obtain_teacher(ctx, ctx.cfg.teacher)
     method_cfg = OmegaConf.to_container(ctx.cfg.method, resolve=True)

@@ -8,13 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from hpmkd.data.augment import BatchTransform
+from hpmkd.engine.context import prepare_method
 from hpmkd.engine.module import DistillModule
 from hpmkd.errors import UserError
 from hpmkd.methods import ModelOutputs, build_method
 from hpmkd.methods.functional import tempered_kl
 from hpmkd.models import FeatureTap, build_model
 from hpmkd.models.ensemble import TeacherEnsemble
-from hpmkd.strategies.context import prepare_method
 
 from .helpers import Logits, TinyPair, check_one_step, method_from_yaml, setup_method, sgd_step
 

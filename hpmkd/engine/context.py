@@ -1,7 +1,9 @@
-"""What a strategy works with: the run's config, data, store, and the steps it composes."""
+"""What a strategy works with: the run's config, data and store, and one training (a fit) of a
+model with a method, under the run's recipe, trainer, loggers and performance switches."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -16,7 +18,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from hpmkd.data.augment import BatchTransform
@@ -25,6 +27,7 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.engine.ddp import is_global_zero, launched_rank
 from hpmkd.engine.fit import FitResult, fit, fit_init_stage, one_device
 from hpmkd.engine.journal import Journal, JournalEpochs
+from hpmkd.engine.model_config import model_params
 from hpmkd.engine.module import DistillModule
 from hpmkd.engine.perf import (
     CompiledForward,
@@ -44,7 +47,7 @@ from hpmkd.errors import UserError
 from hpmkd.hpm.temperature import schedule_from_config
 from hpmkd.io import write_atomic
 from hpmkd.methods import DistillMethod, MethodSetup, build_method
-from hpmkd.models import FeatureTap, build_model, count_parameters
+from hpmkd.models import FeatureTap, build_model
 from hpmkd.parallel import DEVICE_ENV
 from hpmkd.store import ArtifactStore
 
@@ -64,28 +67,16 @@ def init_seed(seed: int, role: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{kind}".encode()).digest()[:4], "little")
 
 
-@dataclass
-class ModelRecord:
-    """A trained model as results.json reports it."""
+@dataclass(frozen=True)
+class TrainingChoice:
+    """Settings a strategy chose for every fit of a context in place of the configured ones
+    (HPM-KD's ACM): the optimiser's lr, the epochs and the temperature schedule (a
+    ``conf/temperature`` node, None for a constant temperature). The run's config is left as
+    written; ``RunContext.recipe`` and ``RunContext.temperature`` apply the choice."""
 
-    role: str
-    arch: str
-    params: int
-    val_acc: float | None = None
-    test_acc: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    fit: dict[str, Any] | None = None  # the FitResult of its training, when hpmkd trained it
-
-
-@dataclass
-class StrategyResult:
-    student: ModelRecord
-    fit: FitResult
-    extra_params: int = 0
-    teacher: ModelRecord | None = None
-    method: dict[str, Any] | None = None
-    intermediates: list[ModelRecord] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)  # strategy-specific (e.g. SMSKD stages)
+    lr: float
+    epochs: int
+    temperature: DictConfig | None = None
 
 
 @dataclass
@@ -98,6 +89,29 @@ class RunContext:
     teacher_cache_counts: dict[str, int] = field(default_factory=dict)  # over all fits of the run
     journal: Journal | None = None
     units: list[dict[str, Any]] = field(default_factory=list)  # every model the run obtained
+    choice: TrainingChoice | None = None
+    # models passed as instances (the Python API), by the ``arch`` their config node names
+    given: Mapping[str, nn.Module] = field(default_factory=dict)
+    given_method: DistillMethod | None = None  # a method instance for the run's student
+
+    @cached_property
+    def recipe(self) -> DictConfig:
+        """The recipe every fit uses: the configured one, with the choice's lr and epochs (what
+        interpolates them, such as a cosine schedule's ``T_max``, follows)."""
+        if self.choice is None:
+            return self.cfg.recipe
+        scope = self.cfg.copy()
+        with open_dict(scope):
+            scope.recipe.optimizer.lr = self.choice.lr
+            scope.recipe.epochs = self.choice.epochs
+        return scope.recipe
+
+    @property
+    def temperature(self) -> DictConfig | None:
+        """The temperature schedule every fit uses (None: the method's constant temperature)."""
+        if self.choice is None:
+            return self.cfg.get("temperature")
+        return self.choice.temperature
 
     @property
     def resuming(self) -> bool:
@@ -107,7 +121,7 @@ class RunContext:
 
     @property
     def transform(self) -> BatchTransform:
-        augment = dict(self.data.augment) if self.cfg.recipe.augment else {}
+        augment = dict(self.data.augment) if self.recipe.augment else {}
         return BatchTransform(
             is_image=self.data.is_image, mean=self.data.mean, std=self.data.std, **augment
         )
@@ -131,6 +145,8 @@ class RunContext:
         return channels_last_model(model) if self.perf.channels_last else model
 
     def _build(self, model_cfg: Mapping[str, Any], role: str = "student") -> nn.Module:
+        if model_cfg["arch"] in self.given:  # a fresh copy of the instance, its weights as given
+            return copy.deepcopy(self.given[model_cfg["arch"]])
         seed = model_cfg.get("seed")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed(self.cfg.seed if seed is None else seed, role))
@@ -142,7 +158,7 @@ class RunContext:
             )
 
     def datamodule(self) -> SplitsDataModule:
-        recipe = self.cfg.recipe
+        recipe = self.recipe
         return SplitsDataModule(
             self.data, recipe.batch_size, recipe.eval_batch_size, self.perf.device_data
         )
@@ -191,7 +207,7 @@ class RunContext:
         ``teacher_id`` (what identifies the teacher in the store) enables the prediction cache.
         """
         prepare_method(self, model, method, teacher)
-        recipe = self.cfg.recipe
+        recipe = self.recipe
         trainer_kwargs = self.trainer_kwargs(nested=nested)
         ckpt_path = ckpt_path or self.unit_checkpoint(out_dir)
         unit = self.unit_name(out_dir)
@@ -225,7 +241,7 @@ class RunContext:
                 ckpt_path=self.unit_checkpoint(out_dir / "init_stage"),
                 callbacks=self.journal_callbacks(f"{unit}/init_stage"),
             )
-        schedule = schedule_from_config(self.cfg.get("temperature"), recipe.epochs)
+        schedule = schedule_from_config(self.temperature, recipe.epochs)
         if schedule is not None and hasattr(method, "temperature"):
             callbacks = [*callbacks, schedule]
         if counts is not None:
@@ -375,12 +391,3 @@ def prepare_method(
             num_train=len(ctx.data.y_train),
         )
     )
-
-
-def model_params(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    params = model_cfg.get("params")
-    return OmegaConf.to_container(params, resolve=True) if params else {}  # type: ignore[return-value]
-
-
-def model_record(role: str, arch: str, model: nn.Module, **kwargs: Any) -> ModelRecord:
-    return ModelRecord(role=role, arch=arch, params=count_parameters(model), **kwargs)

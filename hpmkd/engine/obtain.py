@@ -1,4 +1,5 @@
-"""Getting a trained model: from an explicit checkpoint, from the artifact store, or by training.
+"""Getting a trained model: given as a module (the Python API), from an explicit checkpoint, from
+the artifact store, or by training.
 
 Teachers are trained on the labels; intermediates of a chain (TAKD's assistant, later PDC's
 links) are distilled from the model above them. Either way the result is stored under a key of
@@ -15,11 +16,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from hpmkd.engine.context import RunContext
 from hpmkd.engine.evaluate import accuracy
+from hpmkd.engine.model_config import model_params
+from hpmkd.engine.records import ModelRecord
+from hpmkd.engine.teacher_cache import weights_digest
 from hpmkd.methods import build_method
 from hpmkd.models import count_parameters, load_weights
 from hpmkd.store import content_key
-from hpmkd.strategies.context import ModelRecord, RunContext, model_params
 
 log = logging.getLogger("hpmkd")
 
@@ -37,7 +41,7 @@ def model_spec(ctx: RunContext, model_cfg: DictConfig) -> dict[str, Any]:
         "num_classes": ctx.data.num_classes,
         "input_shape": list(ctx.data.input_shape),
         "data": ctx.data.fingerprint(),
-        "recipe": OmegaConf.to_container(ctx.cfg.recipe, resolve=True),
+        "recipe": OmegaConf.to_container(ctx.recipe, resolve=True),
         "precision": ctx.perf.precision,
         "seed": model_seed(ctx, model_cfg),
     }
@@ -64,7 +68,12 @@ def obtain_model(
     model = ctx.build(model_cfg, role)
     checkpoint = model_cfg.get("checkpoint")
     extra: dict[str, Any]
-    if checkpoint:
+    if model_cfg.arch in ctx.given:
+        log.info("%s %s: given as a module", role, model_cfg.arch)
+        extra = {"source": "module", "weights": weights_digest(model)}
+        fit = None
+        ctx.record_unit(role, model_cfg.arch, "module", None)
+    elif checkpoint:
         path = str(Path(checkpoint).expanduser())
         load_weights(model, path, source=path)
         log.info("%s %s: loaded from checkpoint %s", role, model_cfg.arch, path)
@@ -76,7 +85,7 @@ def obtain_model(
         if teacher is not None:
             spec["distilled_from"] = teacher_identity(teacher[1])
             spec["method"] = method_cfg
-            schedule = ctx.cfg.get("temperature")
+            schedule = ctx.temperature
             if schedule:  # a temperature schedule changes what the distilled model learns
                 spec["temperature_schedule"] = OmegaConf.to_container(schedule, resolve=True)
         key = content_key("model", spec)
