@@ -1,1 +1,20 @@
-"""hpmkd: knowledge distillation experiments."""
+"""hpmkd: knowledge distillation experiments.
+
+``hpmkd.distill(...)`` and ``hpmkd.train(...)`` are the Python API (``hpmkd.api``, docs/api.md);
+they are imported on first use, so ``import hpmkd.cli`` stays free of torch.
+"""
+
+from typing import Any
+
+_API = ("Result", "distill", "train")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from hpmkd import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'hpmkd' has no attribute {name!r}")
+
+
+__all__ = list(_API)
