@@ -32,11 +32,25 @@ def _one_line(message: str) -> str:
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
+# Hydra plugins that come with one of hpmkd's optional extras: option -> extra
+PLUGIN_EXTRAS = {
+    "hydra/sweeper/optuna": "optuna",
+    "hydra/launcher/submitit_slurm": "slurm",
+    "hydra/launcher/submitit_local": "slurm",
+}
+
+
 def _hydra_error_message(err: Exception) -> str:
     from hydra.errors import MissingConfigException
 
+    from hpmkd.config import needs_extra
+
     if isinstance(err, MissingConfigException) and err.options is not None:
-        group = (err.missing_cfg_file or "").rsplit("/", 1)
+        option = err.missing_cfg_file or ""
+        if option in PLUGIN_EXTRAS:
+            name = option.rsplit("/", 1)
+            return needs_extra(f"{name[0]}={name[1]}", PLUGIN_EXTRAS[option])
+        group = option.rsplit("/", 1)
         if len(group) == 2:
             return f"unknown {group[0]} '{group[1]}'; valid: {', '.join(sorted(err.options))}"
     message = _one_line(str(err))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -113,6 +114,30 @@ def setup() -> None:
     register_resolvers()
 
 
+def needs_extra(what: str, extra: str) -> str:
+    """The line for a feature whose packages come with the optional extra ``extra``."""
+    return (
+        f"{what} needs hpmkd's optional extra '{extra}': pip install \"hpmkd[{extra}]\" "
+        f"(in a checkout: uv sync --extra {extra})"
+    )
+
+
+# loggers whose package is an optional extra: _target_ -> (modules, any of which it needs; extra)
+LOGGER_EXTRAS = {
+    "lightning.pytorch.loggers.WandbLogger": (("wandb",), "wandb"),
+    "lightning.pytorch.loggers.TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+}
+
+
+def check_logger_packages(loggers: DictConfig | None) -> None:
+    """UserError naming the extra to install for a selected logger whose package is missing."""
+    for name, node in (loggers or {}).items():
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        modules, extra = LOGGER_EXTRAS.get(target, ((), ""))
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            raise UserError(needs_extra(f"logger '{name}'", extra))
+
+
 def _positive(value: object, what: str) -> None:
     if value is None:
         return
@@ -155,6 +180,7 @@ def check_values(cfg: DictConfig) -> None:
     _positive(cfg.student.get("target_ratio"), "student.target_ratio")
     check_writable_dir(cfg.paths.cache_dir, "cache directory (HPMKD_CACHE, paths.cache_dir)")
     check_writable_dir(cfg.store.root, "store.root")
+    check_logger_packages(cfg.get("logger"))
     check_added_keys(cfg)
 
 
