@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import statistics
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pandas as pd
 import pytest
 
 from hpmkd.report import collect_results, summarise
-from hpmkd.report.tables import format_markdown
+from hpmkd.report.tables import format_latex, format_markdown
 from hpmkd.results import SCHEMA_VERSION
 
 
@@ -103,20 +104,29 @@ def test_report_writes_tables_and_figures(tmp_path, run_cli):
                test_acc=80.0 + seed)  # fmt: skip
     run = run_cli("report", str(tmp_path / "runs"), "--out", str(tmp_path / "report"))
     assert run.code == 0, run.err
-    assert (tmp_path / "report" / "summary.md").read_text().count("| toy |") == 1
+    rows = _markdown_rows((tmp_path / "report" / "summary.md").read_text())
+    assert [row["data"] for row in rows] == ["toy"]
     assert (tmp_path / "report" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     latex = (tmp_path / "report" / "summary.tex").read_text()
     assert "\\toprule" in latex and "80.50 $\\pm$ 0.71" in latex and "mlp\\_small" in latex
 
 
 def _markdown_rows(markdown: str) -> list[dict[str, str]]:
-    """The configuration table of summary.md as header -> cell, one dict per row."""
+    """The first table of ``markdown`` (summary.md: the configurations) as header -> cell, one
+    dict per row."""
     lines = [line for line in markdown.split("\n\n")[0].splitlines() if line.startswith("|")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    return [
-        dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")), strict=True))
-        for line in lines[2:]
-    ]
+    split = re.compile(r"(?<!\\)\|")
+
+    def cells(line: str) -> list[str]:
+        return [cell.strip() for cell in split.split(line.strip().strip("|"))]
+
+    header = cells(lines[0])
+    return [dict(zip(header, cells(line), strict=True)) for line in lines[2:]]
+
+
+def _section_rows(markdown: str, title: str) -> list[dict[str, str]]:
+    """The rows of the table under ``title`` in summary.md."""
+    return _markdown_rows(markdown.split(f"\n{title}\n", 1)[1].lstrip("\n"))
 
 
 def test_report_aggregates_seeds_into_csv_markdown_and_latex_and_lists_failures(tmp_path, run_cli):
@@ -166,9 +176,14 @@ def test_report_aggregates_seeds_into_csv_markdown_and_latex_and_lists_failures(
         "n": "3",
         "time s": f"{statistics.mean(wall):.0f}",
     }
-    failed = markdown.split("Failed runs: 2", 1)[1]
-    assert f"| {runs / 'broken'} | failed | kd | - | 3 | UserError: bad epochs |" in failed
-    assert f"| {runs / 'killed'} | unfinished |" in failed
+    failed = _section_rows(markdown, "Failed runs: 2")
+    assert {
+        "path": str(runs / "broken"), "status": "failed", "strategy": "kd", "method": "-",
+        "seed": "3", "error": "UserError: bad epochs",
+    } in failed  # fmt: skip
+    assert [row["status"] for row in failed if row["path"] == str(runs / "killed")] == [
+        "unfinished"
+    ]
 
     latex = (tmp_path / "report" / "summary.tex").read_text()
     (kd_line,) = [line for line in latex.splitlines() if "& kd & kd &" in line]
@@ -383,12 +398,15 @@ def test_older_schema_and_unreadable_results_are_set_aside_never_merged(tmp_path
     markdown = (tmp_path / "report" / "summary.md").read_text()
     (row,) = _markdown_rows(markdown)
     assert row["n"] == "1" and row["test acc %"] == "80.00"
-    aside = markdown.split("Set aside, not merged: 3", 1)[1]
-    assert f"| {old} | results.json of schema 1;" in aside and "| kd | kd | 1 |" in aside
-    assert f"| {runs / 'torn'} | unreadable results.json:" in aside
-    assert f"| {no_config} | unreadable config:" in aside
-    failed = markdown.split("Failed runs: 1", 1)[1].split("Set aside", 1)[0]
-    assert f"| {runs / 'torn_failure'} | failed | - | - | - | unreadable failure.json:" in failed
+    aside = {r["path"]: r for r in _section_rows(markdown, "Set aside, not merged: 3")}
+    assert aside[str(old)]["reason"].startswith("results.json of schema 1;")
+    assert [aside[str(old)][c] for c in ("strategy", "method", "seed")] == ["kd", "kd", "1"]
+    assert aside[str(runs / "torn")]["reason"].startswith("unreadable results.json:")
+    assert aside[str(no_config)]["reason"].startswith("unreadable config:")
+    (failed,) = _section_rows(markdown, "Failed runs: 1")
+    assert failed["path"] == str(runs / "torn_failure")
+    assert [failed[c] for c in ("status", "strategy", "method", "seed")] == ["failed", *"---"]
+    assert failed["error"].startswith("unreadable failure.json:")
 
 
 def test_only_older_schema_results_is_a_user_error_that_lists_them(tmp_path, run_cli, wide):
@@ -474,3 +492,20 @@ def test_a_repeat_keeps_its_configuration_in_the_order_it_first_ran(tmp_path):
     table = summarise(collect_results([tmp_path]))
     assert table["variant"].tolist()[0] == "temperature=unset"
     assert table["test_acc_mean"].tolist() == [72.0, 71.0]
+
+
+def test_tables_escape_names_for_latex_and_markdown():
+    row = {c: "x" for c in ("data", "teacher", "strategy", "method")}
+    row |= {"student": "mlp_small", "variant": "a=#1 $T^{2}~\\x & 50% | b", "n": 2,
+            "compression_ratio": 20.0, "extra_params": 1234, "time_s_mean": 3.0, "vs_ce": 1.0,
+            "acm": None, "repeats": 0}  # fmt: skip
+    for metric in ("test_acc", "test_acc_last", "acc_best", "teacher_acc", "retention"):
+        row |= {f"{metric}_mean": 0.805, f"{metric}_std": 0.007}
+    table = pd.DataFrame([row])
+    latex = format_latex(table)
+    (line,) = [line for line in latex.splitlines() if "mlp" in line]
+    escaped = r"a=\#1 \$T\textasciicircum \{2\}\textasciitilde \textbackslash x \& 50\% | b"
+    assert f"mlp\\_small & x & x & {escaped} & 20.0$\\times$ & 1,234 & 0.81 $\\pm$ 0.01" in line
+    assert r"test acc \%" in latex and latex.startswith("\\begin{tabular}{llllllrrrrrrrrrr}")
+    (md,) = _markdown_rows(format_markdown(table))
+    assert md["variant"] == r"a=#1 $T^{2}~\x & 50% \| b"

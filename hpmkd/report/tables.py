@@ -124,20 +124,26 @@ def _cells(row: Any, *, pm: str, times: str, dash: str, text: Callable[[object],
     ]  # fmt: skip
 
 
+def _markdown(rows: list[list[str]], headers: list[str]) -> str:
+    """A GitHub Markdown table (pandas' to_markdown); ``|`` inside a cell escaped."""
+    frame = pd.DataFrame(rows, columns=headers, dtype=object)
+    frame = frame.map(lambda text: str(text).replace("|", "\\|"))
+    return frame.to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
+
+
 def format_markdown(table: pd.DataFrame) -> str:
     """The paper-style view: one line per configuration, accuracies as mean ± std over seeds;
     what ACM chose where HPM-KD rows have it; how many repeated runs were left out."""
     acm = has_acm(table)
     headers = [*HEADERS, "ACM choice"] if acm else HEADERS
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    rows = []
     for row in table.itertuples():
         cells = _cells(row, pm=" ± ", times="x", dash="-", text=str)
-        if acm:
-            cells.append(acm_cell(row))
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append([*cells, acm_cell(row)] if acm else cells)
+    text = _markdown(rows, headers)
     if repeats := repeats_note(table):
-        lines += ["", repeats]
-    return "\n".join(lines) + "\n"
+        text += f"\n{repeats}\n"
+    return text
 
 
 def has_acm(table: pd.DataFrame) -> bool:
@@ -180,26 +186,18 @@ def cell(record: dict, column: str) -> str:
 def _section(title: str, records: list[dict], columns: tuple[str, ...]) -> str:
     if not records:
         return ""
-    lines = ["", title, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for record in records:
-        lines.append("| " + " | ".join(cell(record, c).replace("|", "/") for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[cell(record, c) for c in columns] for record in records]
+    return f"\n{title}\n\n" + _markdown(rows, list(columns))
 
 
 def format_latex(table: pd.DataFrame) -> str:
-    """A booktabs table for a paper: the columns of the Markdown table."""
-
-    def tex(text: object) -> str:
-        return str(text).replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
-
-    lines = [
-        f"\\begin{{tabular}}{{{'l' * 6}{'r' * (len(HEADERS) - 6)}}}",
-        "\\toprule",
-        " & ".join(map(tex, HEADERS)) + " \\\\",
-        "\\midrule",
-    ]
-    for row in table.itertuples():
-        cells = _cells(row, pm=" $\\pm$ ", times="$\\times$", dash="--", text=tex)
-        lines.append(" & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    return "\n".join(lines) + "\n"
+    """A booktabs table for a paper (pandas' Styler): the columns of the Markdown table, names
+    escaped for LaTeX, numbers with ``$\\pm$`` and ``$\\times$``."""
+    names = HEADERS[:6]  # the text columns: data ... variant
+    rows = [_cells(row, pm=" $\\pm$ ", times="$\\times$", dash="--", text=str) for row in
+            table.itertuples()]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=HEADERS, dtype=object)
+    styler = frame.style.hide(axis="index").format(escape="latex", subset=names)
+    styler = styler.format_index(escape="latex", axis="columns")
+    column_format = "l" * len(names) + "r" * (len(HEADERS) - len(names))
+    return styler.to_latex(column_format=column_format, hrules=True)
