@@ -1,12 +1,12 @@
 """hpmkd: knowledge distillation experiments.
 
-``hpmkd.distill(...)`` and ``hpmkd.train(...)`` are the Python API (``hpmkd.api``, docs/api.md);
+``hpmkd.distill(...)`` and ``hpmkd.fit(...)`` are the Python API (``hpmkd.api``, docs/api.md);
 they are imported on first use, so ``import hpmkd.cli`` stays free of torch.
 """
 
 from typing import Any
 
-_API = ("Result", "distill", "train")
+_API = ("Result", "distill", "fit")
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The Python API: ``hpmkd.distill`` and ``hpmkd.train``, on the path ``hpmkd train`` takes.
+"""The Python API: ``hpmkd.distill`` and ``hpmkd.fit``, on the path ``hpmkd train`` takes.
 
 The arguments become Hydra overrides of ``conf/train.yaml`` (composed with Hydra's compose API,
 validated like the CLI's), and the run goes through ``hpmkd.train.run_train`` like every CLI run:
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -87,7 +87,8 @@ def distill(
     if strategy != "plain":
         args.append(f"+strategy={strategy}")
         if isinstance(method, str):
-            args.append(f"method={method}")
+            if _takes_method(strategy):
+                args.append(f"method={method}")
         elif not isinstance(method, DistillMethod):
             raise UserError(
                 f"method must be a name or a DistillMethod, got {type(method).__name__}"
@@ -114,7 +115,7 @@ def distill(
                method if isinstance(method, DistillMethod) else None)  # fmt: skip
 
 
-def train(
+def fit(
     student: Model = "mlp_small",
     *,
     data: Data = "digits",
@@ -128,6 +129,16 @@ def train(
         student=student, data=data, strategy="plain", recipe=recipe, overrides=overrides,
         out_dir=out_dir, seed=seed,
     )  # fmt: skip
+
+
+def _takes_method(strategy: str) -> bool:
+    """Whether ``+strategy=<strategy>`` pulls in a ``method`` (SMSKD's and the aggregate's stages
+    name theirs in ``strategy.methods``)."""
+    path = config.config_dir() / "strategy" / f"{strategy}.yaml"
+    if not path.is_file():
+        return True  # composing reports the unknown strategy
+    defaults = OmegaConf.load(path).get("defaults") or []
+    return any(isinstance(d, DictConfig) and "/method" in d for d in defaults)
 
 
 def compose(overrides: Sequence[str]) -> DictConfig:
@@ -229,4 +240,4 @@ def as_splits(data: Data, cfg: DictConfig) -> DataSplits:
     )  # fmt: skip
 
 
-__all__ = ["Result", "as_splits", "compose", "distill", "run", "train"]
+__all__ = ["Result", "as_splits", "compose", "distill", "fit", "run"]
