@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
 
 from hpmkd.data.augment import BatchTransform
 
@@ -22,9 +23,15 @@ def accuracy(
     if len(y) == 0:
         return None
     model.eval().to(device)
-    correct = 0
+    metric: MulticlassAccuracy | None = None
     for start in range(0, len(y), batch_size):
         xb = transform(x[start : start + batch_size].to(device), train=False)
-        pred = model(xb).argmax(dim=1)
-        correct += int((pred.cpu() == y[start : start + batch_size]).sum())
-    return 100.0 * correct / len(y)
+        logits = model(xb)
+        if metric is None:
+            # this process's split only: never synchronised with other DDP ranks; float64 so
+            # that the percentage is exact to the last printed digit
+            metric = MulticlassAccuracy(logits.shape[1], average="micro", sync_on_compute=False)
+            metric = metric.to(logits.device).set_dtype(torch.float64)
+        metric.update(logits, y[start : start + batch_size].to(logits.device))
+    assert metric is not None
+    return 100.0 * float(metric.compute())
