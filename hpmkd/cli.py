@@ -81,8 +81,10 @@ def train(args: list[str]) -> int:
         from hydra.types import RunMode
 
         started.append(True)
+        single_run = HydraConfig.get().mode != RunMode.MULTIRUN
         try:
-            config.check_values(cfg)
+            if single_run:  # a sweep member's failure is recorded by run_train (failure.json)
+                config.check_values(cfg)
             # torch and Lightning only from here on: --help, --cfg and config errors answer fast
             from hpmkd.engine.fit import quiet_lightning
             from hpmkd.train import run_train
@@ -91,7 +93,7 @@ def train(args: list[str]) -> int:
             return objective(run_train(cfg), cfg.get("optimized_metric"))
         except UserError as err:
             # A sweep member fails on its own (Hydra names it); a single run reports one line.
-            if HydraConfig.get().mode == RunMode.MULTIRUN:
+            if not single_run:
                 raise
             user_errors.append(err)
             return None
