@@ -233,3 +233,13 @@ def test_the_direct_student_of_a_chain_is_the_kd_student(hpmkd_env, run_cli):
     assert kd_weights.keys() == chain_weights.keys()
     for name, tensor in kd_weights.items():
         assert torch.equal(tensor, chain_weights[name]), name
+
+
+def test_last_checkpoint_is_every_epoch_even_without_a_better_one(run_cli):
+    """Lightning's save_last follows top-k saves only: with validation accuracy flat (a learning
+    rate of 1e-12), last.ckpt would stay at the first epoch and a resume repeat the others."""
+    out = run_cli("train", *TINY, "recipe.epochs=3", "recipe.optimizer.lr=1e-12")
+    assert out.code == 0, out.err
+    (checkpoint,) = out.outputs.rglob("last.ckpt")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 3

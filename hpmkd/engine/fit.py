@@ -142,23 +142,31 @@ def make_trainer(
     loggers: Sequence[Logger] | bool = False,
     callbacks: Sequence[Callback] = (),
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """The Trainer every hpmkd run uses: last + best-validation checkpoints, rich progress."""
+    """The Trainer every hpmkd run uses: last + best-validation checkpoints, rich progress.
+
+    ``checkpoints/last.ckpt`` is written after every epoch by a callback of its own: Lightning's
+    ``save_last`` writes it only in epochs that also saved a top-k checkpoint, so a resume would
+    repeat every epoch since the best one.
+    """
     kwargs = dict(trainer_kwargs)
     if isinstance(kwargs.get("strategy"), Mapping):  # a `_target_` node: one instance per Trainer
         kwargs["strategy"] = instantiate(kwargs["strategy"])
     show_progress = kwargs.pop("enable_progress_bar", True)
-    checkpoint = ModelCheckpoint(
+    last = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints", filename="last", enable_version_counter=False
+    )
+    best = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
         filename="best",
-        monitor="val/acc" if has_val else None,
+        monitor="val/acc",
         mode="max",
-        save_last=True,
         enable_version_counter=False,
     )
-    # Checkpoint-like callbacks (the run journal) run after the checkpoint is written
+    checkpoints: list[Callback] = [best, last] if has_val else [last]
+    # Checkpoint-like callbacks (the run journal) run after the checkpoints are written
     after = [c for c in callbacks if isinstance(c, Checkpoint)]
     before = [c for c in callbacks if not isinstance(c, Checkpoint)]
-    all_callbacks: list[Callback] = [*before, checkpoint, *after]
+    all_callbacks: list[Callback] = [*before, *checkpoints, *after]
     if show_progress:
         all_callbacks.append(RichProgressBar(leave=False))
     if not has_val:
@@ -171,7 +179,7 @@ def make_trainer(
         enable_progress_bar=show_progress,
         **kwargs,
     )
-    return trainer, checkpoint
+    return trainer, best if has_val else last
 
 
 def one_device(trainer_kwargs: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
