@@ -1,15 +1,18 @@
 """Fault drill: kill -9 runs of every strategy at random moments, resume them, check the result.
 
-For each strategy and each of N trials: start a small run (embedded digits data, a fresh store),
-wait until it has begun (its run.json exists), SIGKILL its whole process group at a moment drawn
-uniformly over the rest of its expected duration (measured by one uninterrupted run first), then
+For each strategy and each of N trials: start a small run (embedded digits data, a fresh store)
+and SIGKILL its whole process group at a random moment of its training: after one of the
+progress marks of an uninterrupted reference run (a fit's start or an epoch's end, drawn
+uniformly; each fit of each model counts), plus a uniform fraction of the median time between two
+marks, so the moment follows the run's progress whatever else loads the machine. Then
 `resume=true` from a new process. A trial passes when:
 - the killed run left no results.json claiming success;
 - the resumed run finishes (exit 0) and writes completed results in the interrupted directory,
   whose new Hydra directory points there (resumed_into.json);
 - nothing finished was trained again: no unit (teacher, link, student...) whose fit ended is
-  started again, and a resumed fit starts from its last checkpoint (at most the one epoch in
-  flight at the kill is repeated), read from the run's journal.jsonl.
+  started again, and a resumed fit starts at the last epoch its journal recorded (an epoch is
+  journaled once its checkpoint is written; only the epoch in flight at the kill is repeated),
+  read from the run's journal.jsonl.
 
     uv run python scripts/fault_drill.py --n 3            # every strategy, 3 kills each
     uv run python scripts/fault_drill.py --n 1 --strategies kd progressive
@@ -131,7 +134,7 @@ def redone(events: list[dict]) -> list[str]:
             if unit in ended and event["epoch"] < last_epoch[unit]:
                 problems.append(f"{unit} trained again after it had finished")
             resumed = unit in segment_of and segment_of[unit] != event["segment"]
-            if resumed and event["epoch"] < last_epoch[unit] - 1:
+            if resumed and event["epoch"] < last_epoch[unit]:
                 problems.append(
                     f"{unit} resumed at epoch {event['epoch']} though epoch {last_epoch[unit]} "
                     "had finished"
@@ -144,9 +147,17 @@ def redone(events: list[dict]) -> list[str]:
     return problems
 
 
-def reference_seconds(strategy: str, epochs: int, workdir: Path) -> float:
-    """How long one uninterrupted run trains: from its first fit's start to its last fit's end,
-    read from its journal."""
+@dataclass
+class Progress:
+    """An uninterrupted run's progress marks (each fit's start and each epoch, from its journal)
+    and the median time between two of them."""
+
+    marks: list[tuple[str, str, int]]  # (event, unit, epoch)
+    step_s: float
+
+
+def reference(strategy: str, epochs: int, workdir: Path) -> Progress:
+    """Run the strategy once without a kill and read its progress marks."""
     root = Path(tempfile.mkdtemp(prefix=f"ref-{strategy}-", dir=workdir))
     run_dir = root / "outputs" / "run"
     proc = subprocess.Popen(
@@ -159,22 +170,27 @@ def reference_seconds(strategy: str, epochs: int, workdir: Path) -> float:
     _, err = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"{strategy}: the uninterrupted run failed: {err.strip()[-500:]}")
-    fits = [e["time"] for e in _journal(run_dir) if e["event"] in ("fit_start", "fit_end")]
-    return max(fits) - min(fits)
+    events = [e for e in _journal(run_dir) if e["event"] in ("fit_start", "epoch")]
+    gaps = sorted(b["time"] - a["time"] for a, b in zip(events, events[1:], strict=False))
+    marks = [(e["event"], e["unit"], e["epoch"]) for e in events]
+    return Progress(marks, gaps[len(gaps) // 2] if gaps else 0.1)
 
 
-def _wait_for_training(run_dir: Path, proc: subprocess.Popen) -> float:
-    """Wait until the run's first fit has started (its journal says so)."""
-    while not any(e["event"] == "fit_start" for e in _journal(run_dir)):
+def _wait_for(mark: tuple[str, str, int], run_dir: Path, proc: subprocess.Popen) -> bool:
+    """Wait until the run's journal shows ``mark``; False if the run ended first."""
+    while not any((e["event"], e.get("unit"), e.get("epoch")) == mark for e in _journal(run_dir)):
         if proc.poll() is not None:
-            raise SystemExit(f"run ended before it started training (exit {proc.returncode})")
-        time.sleep(0.02)
-    return time.monotonic()
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def trial(
-    strategy: str, epochs: int, duration: float, workdir: Path, rng: random.Random
+    strategy: str, epochs: int, progress: Progress, workdir: Path, rng: random.Random
 ) -> Trial | None:
+    """Kill a run at a random moment of its training: after a progress mark drawn uniformly
+    from the reference run's (a fit's start or an epoch's end), plus a uniform fraction of the
+    time between two marks; then resume it and check."""
     root = Path(tempfile.mkdtemp(prefix=f"{strategy}-", dir=workdir))
     # under HPMKD_OUTPUTS, where resume=true looks for unfinished runs
     run_dir, resumer = root / "outputs" / "killed", root / "outputs" / "resumer"
@@ -186,8 +202,9 @@ def trial(
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: spawned workers die with it
     )
-    started = _wait_for_training(run_dir, proc)
-    time.sleep(max(0.0, started + rng.uniform(0.0, 1.0) * duration - time.monotonic()))
+    mark = rng.choice(progress.marks)
+    if _wait_for(mark, run_dir, proc):
+        time.sleep(rng.uniform(0.0, 1.0) * progress.step_s)
     if proc.poll() is not None:
         return None  # it finished before the kill: the caller draws another moment
     os.killpg(proc.pid, signal.SIGKILL)
@@ -222,11 +239,11 @@ def trial(
 
 
 def interrupted_trial(
-    strategy: str, epochs: int, duration: float, workdir: Path, rng: random.Random
+    strategy: str, epochs: int, progress: Progress, workdir: Path, rng: random.Random
 ) -> Trial:
     """A trial whose kill landed while the run was working (up to five draws)."""
     for _ in range(5):
-        result = trial(strategy, epochs, duration, workdir, rng)
+        result = trial(strategy, epochs, progress, workdir, rng)
         if result is not None:
             return result
     return Trial(False, "-", ["every run finished before its kill; raise --epochs"])
@@ -248,14 +265,14 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="hpmkd-fault-drill-"))
     passed = total = 0
     for strategy in opts.strategies:
-        duration = reference_seconds(strategy, opts.epochs, workdir)
-        trials = [interrupted_trial(strategy, opts.epochs, duration, workdir, rng)
+        progress = reference(strategy, opts.epochs, workdir)
+        trials = [interrupted_trial(strategy, opts.epochs, progress, workdir, rng)
                   for _ in range(opts.n)]  # fmt: skip
         ok = sum(t.ok for t in trials)
         passed, total = passed + ok, total + len(trials)
         where = ", ".join(t.killed_in for t in trials)
-        print(f"{strategy}: {ok}/{len(trials)} resumed (training {duration:.1f} s; killed in: "
-              f"{where})")  # fmt: skip
+        print(f"{strategy}: {ok}/{len(trials)} resumed ({len(progress.marks)} progress marks; "
+              f"killed in: {where})")  # fmt: skip
         for t in trials:
             for problem in t.problems:
                 print(f"  {strategy}: {problem}")
