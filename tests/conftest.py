@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
+from hpmkd.data.splits import DataSplits
 from hpmkd.engine import perf
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -28,6 +30,16 @@ class CliRun:
     def results(self) -> list[dict]:
         found = sorted(self.outputs.rglob("results.json"), key=os.path.getmtime)
         return [json.loads(p.read_text()) for p in found]
+
+
+def toy_splits() -> DataSplits:
+    """Three classes of 4-feature rows: enough for meta-features and history rows."""
+    x = torch.randn(10, 4)
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    return DataSplits(
+        name="toy", x_train=x, y_train=y, x_val=x[:2], y_val=y[:2], x_test=x[:2], y_test=y[:2],
+        num_classes=3, class_names=["a", "b", "c"], input_shape=(4,), is_image=False,
+    )  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

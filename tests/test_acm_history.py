@@ -9,20 +9,18 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from hpmkd import config
-from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
 from hpmkd.hpm.acm import META_FEATURES, candidate_grid
 from hpmkd.hpm.history import HISTORY_FILE, append_run, read_history
 from hpmkd.hpm.record import consult_acm, has_chain
 from hpmkd.hpm.source import SNAPSHOT_FILE, history_source, prepare_history
-from tests.conftest import SHARED_DATA, TINY
+from tests.conftest import SHARED_DATA, TINY, toy_splits
 
 
 @pytest.fixture(autouse=True)
@@ -65,18 +63,9 @@ def _store_with_history(root: Path, n: int = 30) -> Path:
     return root
 
 
-def _splits() -> DataSplits:
-    x = torch.randn(10, 4)
-    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
-    return DataSplits(
-        name="toy", x_train=x, y_train=y, x_val=x[:2], y_val=y[:2], x_test=x[:2], y_test=y[:2],
-        num_classes=3, class_names=["a", "b", "c"], input_shape=(4,), is_image=False,
-    )  # fmt: skip
-
-
 def _choice(cfg: DictConfig):
     return consult_acm(
-        cfg, _splits(), source=history_source(cfg), chain=has_chain(cfg.strategy),
+        cfg, toy_splits(), source=history_source(cfg), chain=has_chain(cfg.strategy),
         teacher_params=5000, teacher_acc=90.0, student_params=100,
     )  # fmt: skip
 

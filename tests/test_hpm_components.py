@@ -7,15 +7,14 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
-from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
 from hpmkd.hpm.chain import next_budget, next_member
 from hpmkd.hpm.record import history_row
 from hpmkd.hpm.temperature import distillation_loss, temperature_at
 from hpmkd.models import build_model, count_parameters
 from hpmkd.models.family import closest_member, family_members, member_at_ratio
+from tests.conftest import toy_splits
 
 
 def _params(arch: str, **params) -> int:
@@ -152,15 +151,6 @@ def test_the_distillation_loss_is_every_term_but_cross_entropy():
 # --- the run-history row ----------------------------------------------------------------------
 
 
-def _splits() -> DataSplits:
-    x = torch.randn(10, 4)
-    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
-    return DataSplits(
-        name="toy", x_train=x, y_train=y, x_val=x[:2], y_val=y[:2], x_test=x[:2], y_test=y[:2],
-        num_classes=3, class_names=["a", "b", "c"], input_shape=(4,), is_image=False,
-    )  # fmt: skip
-
-
 def _results(method: dict, strategy: dict, **extra) -> dict:
     return {
         "config": {
@@ -183,7 +173,7 @@ def test_a_kd_run_becomes_a_history_row_with_test_retention_and_no_epsilon():
     """Retention is test over test, as in results.json; a KD run has no chain, so no epsilon.
     The teacher's meta-feature stays its validation accuracy (known when ACM chooses)."""
     kd = {"name": "kd", "temperature": 3.0, "ce_weight": 0.25, "kd_weight": 0.75}
-    row = history_row(_results(kd, {"name": "kd"}), _splits())
+    row = history_row(_results(kd, {"name": "kd"}), toy_splits())
     assert row["config"] == {"T0": 3.0, "alpha": 0.75, "lr": 0.01, "epochs": 7}
     assert row["chain"] is False
     assert row["result"] == {
@@ -200,7 +190,7 @@ def test_a_kd_run_becomes_a_history_row_with_test_retention_and_no_epsilon():
 def test_a_progressive_run_records_its_epsilon():
     kd = {"name": "kd", "temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}
     strategy = {"name": "progressive", "epsilon": 0.25, "max_length": 3}
-    row = history_row(_results(kd, strategy), _splits())
+    row = history_row(_results(kd, strategy), toy_splits())
     assert row["chain"] is True and row["config"]["epsilon"] == 0.25
 
 
@@ -209,17 +199,17 @@ def test_hpmkd_rows_record_the_configuration_acm_chose_and_som_off_records_nothi
     chosen = {"T0": 5.0, "alpha": 0.7, "lr": 0.02, "epochs": 7, "epsilon": 1.0}
     components = {"som": True, "pdc": True}
     strategy = {"name": "hpmkd", "epsilon": 0.5, "max_length": 3, "components": components}
-    row = history_row(_results(method, strategy, details={"config": chosen}), _splits())
+    row = history_row(_results(method, strategy, details={"config": chosen}), toy_splits())
     assert row["config"] == chosen and row["chain"] is True
     components["pdc"] = False  # no chain: epsilon was not used
-    row = history_row(_results(method, strategy, details={"config": chosen}), _splits())
+    row = history_row(_results(method, strategy, details={"config": chosen}), toy_splits())
     assert row["chain"] is False and "epsilon" not in row["config"]
     components["som"] = False
-    assert history_row(_results(method, strategy, details={"config": chosen}), _splits()) is None
+    assert history_row(_results(method, strategy, details={"config": chosen}), toy_splits()) is None
 
 
 def test_runs_outside_acms_space_are_not_recorded():
     fitnet = {"name": "fitnet", "temperature": 4.0}
-    assert history_row(_results(fitnet, {"name": "kd"}), _splits()) is None
+    assert history_row(_results(fitnet, {"name": "kd"}), toy_splits()) is None
     plain = _results({"name": "ce"}, {"name": "plain"}, teacher=None)
-    assert history_row(plain, _splits()) is None
+    assert history_row(plain, toy_splits()) is None
