@@ -47,10 +47,11 @@ FAILURE_FILE = "failure.json"
 
 
 def run_key(cfg: DictConfig) -> str:
-    """Identity of a run's configuration, ignoring where it writes and whether it resumes."""
+    """Identity of a run's configuration, ignoring where it writes, whether it resumes and
+    which result a sweeper reads (``optimized_metric``)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("resume", None)  # type: ignore[union-attr]
-    plain.pop("paths", None)  # type: ignore[union-attr]
+    for key in ("resume", "paths", "optimized_metric"):
+        plain.pop(key, None)  # type: ignore[union-attr]
     for node in (plain.get("logger") or {}).values():  # type: ignore[union-attr]
         node.pop("save_dir", None)
     return content_key("run", plain)  # type: ignore[arg-type]
