@@ -187,6 +187,7 @@ def check_values(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Checks that need no data or model: fail before anything is loaded or trained."""
     # imported here: torch and Lightning are not needed by the config plumbing above
+    from hpmkd.engine.callbacks import user_callbacks
     from hpmkd.engine.devices import check_devices, run_device_type
     from hpmkd.engine.perf import check_precision
 
@@ -196,6 +197,7 @@ def validate(cfg: DictConfig) -> None:
 
         teacher_configs(cfg)
     check_devices(cfg.trainer)
+    user_callbacks(cfg)  # a bad callback node fails here, not after a teacher has trained
     check_precision(cfg.trainer.get("precision"), run_device_type(cfg.trainer.get("accelerator")))
 
 

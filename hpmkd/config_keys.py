@@ -8,6 +8,7 @@ open by design:
 - ``*.params``: model keyword arguments, checked by the model builder;
 - ``trainer``: the arguments of ``lightning.Trainer``;
 - a node with ``_target_``: the arguments of what it instantiates;
+- ``callbacks``: a callback of any name with a ``_target_`` (checked when instantiated);
 - ``method``: the arguments of the method's class;
 - ``data``: the keys any ``conf/data`` option of the same source (``name``) defines;
 - the top level: a variable that an interpolation elsewhere in the config reads.
@@ -84,6 +85,8 @@ def _check_path(cfg: DictConfig, base: DictConfig, path: str) -> None:
 
 def _check_key(cfg: DictConfig, node: DictConfig, parent: str, key: str) -> None:
     if parent.rsplit(".", 1)[-1] == "params" or (not parent and _interpolated(cfg, key)):
+        return
+    if parent == "callbacks" and OmegaConf.select(cfg, f"callbacks.{key}._target_") is not None:
         return
     extra = ""
     accepts = _accepted(node, parent) if parent else None

@@ -24,8 +24,10 @@ from torch import nn
 from hpmkd.data.augment import BatchTransform
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
+from hpmkd.engine.callbacks import user_callbacks
 from hpmkd.engine.ddp import is_global_zero, launched_rank
 from hpmkd.engine.fit import FitResult, fit, fit_init_stage, one_device
+from hpmkd.engine.hparams import fit_hparams
 from hpmkd.engine.journal import Journal, JournalEpochs
 from hpmkd.engine.model_config import model_params
 from hpmkd.engine.module import DistillModule
@@ -228,6 +230,7 @@ class RunContext:
                 init_stage=init_stage,
                 teacher_cache=None if init_stage else cache,
                 channels_last=self.perf.channels_last and has_conv2d(model),
+                hparams=fit_hparams(self.cfg, unit, self.data, self.choice),
             )
 
         if method.init_epochs and ckpt_path is None:
@@ -248,6 +251,8 @@ class RunContext:
             callbacks = [*callbacks, counts]
         if self.perf.compile:
             callbacks = [*callbacks, CompiledForward(cuda_graphs=self.perf.cuda_graphs)]
+        if not nested:  # teachers and links are shared through the store: not cut short
+            callbacks = [*user_callbacks(self.cfg), *callbacks]
         callbacks = [*callbacks, *self.journal_callbacks(unit)]
         if ckpt_path:
             log.info("%s: resuming from %s", unit, ckpt_path)

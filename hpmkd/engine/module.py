@@ -7,7 +7,8 @@ teacher outputs (no grad) -> student outputs -> named loss terms -> their sum.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -63,6 +64,9 @@ class DistillModule(L.LightningModule):
     With ``init_stage`` the step uses the method's initialisation losses and optimises only
     ``method.init_parameters`` (the connector warm-up of AB, FT and FSP).
 
+    ``hparams`` (the run's resolved config and the fit, ``engine/hparams.py``) are logged to
+    every logger when the fit starts and saved in every checkpoint.
+
     Feature hooks are added at the first step and removed when a trainer is done with the module:
     hooks are closures, which spawned DDP workers could not unpickle, and a trained student may
     become the teacher of a later fit.
@@ -81,8 +85,11 @@ class DistillModule(L.LightningModule):
         init_stage: bool = False,
         teacher_cache: ViewCache | None = None,
         channels_last: bool = False,
+        hparams: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if hparams is not None:
+            self.save_hyperparameters(dict(hparams))
         if method.needs_teacher and teacher is None:
             raise ValueError(f"method '{method.name}' needs a teacher")
         self.student = student
