@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from hpmkd import config
 from hpmkd.data.splits import DataSplits, split_indices
 from hpmkd.engine.context import STUDENT_FILE
+from hpmkd.engine.hparams import load_student
 from hpmkd.engine.model_config import GIVEN_PREFIX
 from hpmkd.errors import UserError
 from hpmkd.methods import DistillMethod
@@ -240,4 +241,4 @@ def as_splits(data: Data, cfg: DictConfig) -> DataSplits:
     )  # fmt: skip
 
 
-__all__ = ["Result", "as_splits", "compose", "distill", "fit", "run"]
+__all__ = ["Result", "as_splits", "compose", "distill", "fit", "load_student", "run"]
