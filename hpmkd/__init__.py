@@ -1,12 +1,12 @@
 """hpmkd: knowledge distillation experiments.
 
-``hpmkd.distill(...)`` and ``hpmkd.fit(...)`` are the Python API (``hpmkd.api``, docs/api.md);
+``hpmkd.distill(...)``, ``hpmkd.fit(...)`` and ``hpmkd.load_student(...)`` are the Python API (``hpmkd.api``, docs/api.md);
 they are imported on first use, so ``import hpmkd.cli`` stays free of torch.
 """
 
 from typing import Any
 
-_API = ("Result", "distill", "fit")
+_API = ("Result", "distill", "fit", "load_student")
 
 
 def __getattr__(name: str) -> Any:
