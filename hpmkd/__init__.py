@@ -1,7 +1,8 @@
 """hpmkd: knowledge distillation experiments.
 
-``hpmkd.distill(...)``, ``hpmkd.fit(...)`` and ``hpmkd.load_student(...)`` are the Python API (``hpmkd.api``, docs/api.md);
-they are imported on first use, so ``import hpmkd.cli`` stays free of torch.
+``hpmkd.distill(...)``, ``hpmkd.fit(...)`` and ``hpmkd.load_student(...)`` are the Python API
+(``hpmkd.api``, docs/api.md); they are imported on first use, so ``import hpmkd.cli`` stays free
+of torch.
 """
 
 from typing import Any
