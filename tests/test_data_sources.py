@@ -15,7 +15,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from hpmkd.data import DATA_SOURCES, DataSplits, list_datasets, load_data
+from hpmkd.data import DataSplits, list_datasets, load_data
+from hpmkd.data.registry import SOURCE_TABLE
 from hpmkd.data.sources import image_folder
 from hpmkd.data.sources._images import channel_stats
 from hpmkd.data.splits import split_indices
@@ -42,18 +43,18 @@ def test_unknown_dataset_names_the_valid_ones() -> None:
     assert "mnist9" in message and "\n" not in message
     for name in ("digits", "cifar10", "image_folder", "csv", "adult"):
         assert name in message
-    assert list_datasets() == sorted(DATA_SOURCES)
+    assert list_datasets() == sorted(SOURCE_TABLE)
 
 
 def test_every_preset_names_a_source_and_resolves() -> None:
     paths = {"data_dir": "/d", "cache_dir": "/c", "shared_data": "/s"}
     presets = sorted((REPO / "conf" / "data").glob("*.yaml"))
-    expected = set(DATA_SOURCES) | {"letter", "penbased", "magic", "cifar10_jpeg"}
+    expected = set(SOURCE_TABLE) | {"letter", "penbased", "magic", "cifar10_jpeg"}
     assert {p.stem for p in presets} >= expected
     for preset in presets:
         cfg = OmegaConf.merge({"paths": paths}, {"data": OmegaConf.load(preset)})
         data = OmegaConf.to_container(cfg.data, resolve=True)
-        assert data["name"] in DATA_SOURCES, preset.name
+        assert data["name"] in SOURCE_TABLE, preset.name
         if preset.stem == "letter":
             assert data["path"] == "/s/tabular/letter.csv"
 

@@ -2,41 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
+from hpmkd.data.registry import SOURCE_TABLE, register_source, source_loader
 from hpmkd.data.splits import DataSplits
-from hpmkd.errors import UserError, unknown_name
+from hpmkd.errors import UserError
 
-__all__ = ["DATA_SOURCES", "DataSplits", "list_datasets", "load_data"]
-
-
-def _lazy(module: str) -> Callable[[Mapping], DataSplits]:
-    """``hpmkd.data.sources.<module>.load``, imported on the first call."""
-
-    def load(cfg: Mapping) -> DataSplits:
-        return importlib.import_module(f"hpmkd.data.sources.{module}").load(cfg)
-
-    return load
-
-
-DATA_SOURCES: dict[str, Callable[[Mapping], DataSplits]] = {
-    "digits": _lazy("digits"),
-    "breast_cancer": _lazy("breast_cancer"),
-    "cifar10": _lazy("cifar"),
-    "cifar100": _lazy("cifar"),
-    "fashion_mnist": _lazy("fashion_mnist"),
-    "image_folder": _lazy("image_folder"),
-    "csv": _lazy("csv_table"),
-    "adult": _lazy("openml"),
-    "credit_g": _lazy("openml"),
-    "wine_quality": _lazy("openml"),
-}
+__all__ = ["DataSplits", "list_datasets", "load_data", "register_source"]
 
 
 def list_datasets() -> list[str]:
     """Names ``load_data`` accepts as ``cfg.name``, sorted."""
-    return sorted(DATA_SOURCES)
+    return sorted(SOURCE_TABLE)
 
 
 def load_data(cfg: Mapping) -> DataSplits:
@@ -47,6 +24,4 @@ def load_data(cfg: Mapping) -> DataSplits:
     name = cfg.get("name")
     if name is None:
         raise UserError(f"data.name is not set; valid: {', '.join(list_datasets())}")
-    if name not in DATA_SOURCES:
-        raise unknown_name("dataset", str(name), list_datasets())
-    return DATA_SOURCES[name](cfg)
+    return source_loader(str(name))(cfg)

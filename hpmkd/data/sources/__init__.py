@@ -1,4 +1,5 @@
-"""One module per data source; each exposes ``load(cfg) -> DataSplits``.
+"""One module per data source; each registers its ``load(cfg) -> DataSplits`` with
+``@register_source(name)`` (hpmkd/data/registry.py, whose table names the module of each source).
 
 Modules prefixed with ``_`` hold the logic the sources share. Sources import their heavy
 dependencies (pandas, scikit-learn, torchvision, PIL) at module level, so ``hpmkd.data`` imports

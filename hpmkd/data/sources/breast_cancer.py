@@ -6,11 +6,13 @@ from collections.abc import Mapping
 
 from sklearn.datasets import load_breast_cancer
 
+from hpmkd.data.registry import register_source
 from hpmkd.data.splits import DataSplits
 
 from ._tabular import tabular_splits
 
 
+@register_source("breast_cancer")
 def load(cfg: Mapping) -> DataSplits:
     """Breast cancer, split and standardised like every table (see ``tabular_splits``)."""
     bunch = load_breast_cancer(as_frame=True)

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
+from hpmkd.data.registry import register_source
 from hpmkd.data.splits import DataSplits
 
 from ._common import label_tensor
@@ -26,6 +27,7 @@ _SETS = {
 }
 
 
+@register_source("cifar10", "cifar100")
 def load(cfg: Mapping) -> DataSplits:
     """CIFAR-10/100 (picked by ``cfg.name``) as uint8 3x32x32 images; val carved from train."""
     class_name, local_copy, stats = _SETS[str(cfg["name"])]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hpmkd.data.registry import register_source
 from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
 
@@ -24,6 +25,7 @@ def read_table(path: Path, sep: str) -> pd.DataFrame:
         raise UserError(f"cannot read CSV file '{path}': {one_line(err)}") from None
 
 
+@register_source("csv")
 def load(cfg: Mapping) -> DataSplits:
     """Table at ``path``: label column ``target`` (default: the last column), ``drop`` columns
     ignored, ``categorical`` columns one-hot encoded (default: the non-numeric ones). With

@@ -8,12 +8,14 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
+from hpmkd.data.registry import register_source
 from hpmkd.data.splits import DataSplits
 
 from ._common import label_tensor
 from ._images import image_splits
 
 
+@register_source("digits")
 def load(cfg: Mapping) -> DataSplits:
     """Digits: 1,797 images; pixel levels 0..16 rescaled to 0..255 so that, like every image set,
     they are normalised as ``(x / 255 - mean) / std``. Stats default to the training split's."""

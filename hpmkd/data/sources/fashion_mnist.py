@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
+from hpmkd.data.registry import register_source
 from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
 from hpmkd.io import write_atomic
@@ -38,6 +39,7 @@ def unpack_local_archives(raw_dir: Path) -> None:
             raise UserError(f"cannot unpack {archive}: {one_line(err)}") from None
 
 
+@register_source("fashion_mnist")
 def load(cfg: Mapping) -> DataSplits:
     """Fashion-MNIST as uint8 1x28x28 images; val carved from train. A local copy of the four
     idx ``.gz`` files goes in ``<root>/FashionMNIST/raw/``."""

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hpmkd.data.registry import register_source
 from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
 from hpmkd.io import write_atomic
@@ -130,6 +131,7 @@ def load_image_folder_split(
     return images, labels, classes
 
 
+@register_source("image_folder")
 def load(cfg: Mapping) -> DataSplits:
     """An image-folder dataset with official train and test folders; val carved from train.
 

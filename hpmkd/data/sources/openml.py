@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hpmkd.data.registry import register_source
 from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
 from hpmkd.io import write_atomic
@@ -57,6 +58,7 @@ def fetch_table(name: str, data_id: int, target: str, cache_dir: Path) -> pd.Dat
     return pd.read_csv(cache)  # the same dtypes on the first and on every later load
 
 
+@register_source(*OPENML_SETS)
 def load(cfg: Mapping) -> DataSplits:
     """An OpenML table named by ``cfg.name`` (``data_id``/``target`` overridable), its cache
     under ``cache_dir``; test and val splits carved with ``test_fraction``/``val_fraction``."""
