@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hpmkd.config_keys import check_added_keys
 from hpmkd.errors import UserError
+from hpmkd.model_nodes import canonical_model_nodes
 from hpmkd.paths import check_writable_dir
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -192,6 +193,7 @@ def validate(cfg: DictConfig) -> None:
     from hpmkd.engine.perf import check_precision
 
     check_values(cfg)
+    canonical_model_nodes(cfg, _group_choices())  # `_target_` nodes -> arch + params
     if cfg.get("teachers") is not None:
         from hpmkd.engine.model_config import teacher_configs
 
@@ -199,6 +201,12 @@ def validate(cfg: DictConfig) -> None:
     check_devices(cfg.trainer)
     user_callbacks(cfg)  # a bad callback node fails here, not after a teacher has trained
     check_precision(cfg.trainer.get("precision"), run_device_type(cfg.trainer.get("accelerator")))
+
+
+def _group_choices() -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
 
 
 def _whole(value: object, what: str) -> None:

@@ -6,6 +6,8 @@ config is composed again without the key-adding overrides (group selections such
 open by design:
 
 - ``*.params``: model keyword arguments, checked by the model builder;
+- ``teacher``/``student``/``assistant``: ``_target_``, ``features``, ``checkpoint_prefix``,
+  ``pretrained``, and for a foreign model (hpmkd.model_nodes) any argument of its callable;
 - ``trainer``: the arguments of ``lightning.Trainer``;
 - a node with ``_target_``: the arguments of what it instantiates;
 - ``callbacks``: a callback of any name with a ``_target_`` (checked when instantiated);
@@ -24,6 +26,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from hpmkd.errors import UserError
+from hpmkd.model_nodes import MODEL_ROLES, NODE_KEYS, is_foreign
 
 
 def check_added_keys(cfg: DictConfig) -> None:
@@ -88,6 +91,8 @@ def _check_key(cfg: DictConfig, node: DictConfig, parent: str, key: str) -> None
         return
     if parent == "callbacks" and OmegaConf.select(cfg, f"callbacks.{key}._target_") is not None:
         return
+    if parent in MODEL_ROLES and _model_key(cfg.get(parent), key):
+        return
     extra = ""
     accepts = _accepted(node, parent) if parent else None
     if accepts is not None:
@@ -99,6 +104,14 @@ def _check_key(cfg: DictConfig, node: DictConfig, parent: str, key: str) -> None
     raise UserError(
         f"unknown key '{full}'; valid keys of {where}: {', '.join(sorted(node))}{extra}"
     )
+
+
+def _model_key(node: object, key: str) -> bool:
+    """A model node takes hpmkd's node keys; one naming a foreign model (``_target_``, or an
+    ``arch`` outside the zoo) also any argument, checked against its callable when built."""
+    if key in NODE_KEYS:
+        return True
+    return isinstance(node, DictConfig) and ("_target_" in node or is_foreign(node.get("arch")))
 
 
 def _accepted(node: DictConfig, parent: str) -> tuple[set[str] | None, str] | None:

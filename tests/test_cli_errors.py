@@ -105,7 +105,7 @@ CASES = [
     ("student.target_ratio=1000", ["parameters, fewer than", "10 x 64 = 640"], None),
     # keys that do not exist
     ("+recipe.epoch=3", ["unknown key 'recipe.epoch'", "epochs"], None),
-    ("+student._target_=torchvision.models.resnet18", ["'student._target_'", "arch"], None),
+    ("+student.tpyo=3", ["unknown key 'student.tpyo'", "arch"], None),
     ("+trainer.foo=1", ["unknown key 'trainer.foo'", "devices", "lightning.Trainer"], None),
     ("+strategy=kd +method.tempreature=3", ["'method.tempreature'", "temperature"], None),
     ("+data.seperator=x", ["unknown key 'data.seperator'", "test_fraction"], None),

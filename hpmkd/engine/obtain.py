@@ -23,6 +23,7 @@ from hpmkd.engine.records import ModelRecord
 from hpmkd.engine.teacher_cache import weights_digest
 from hpmkd.methods import build_method
 from hpmkd.models import count_parameters, load_weights
+from hpmkd.models.foreign import pretrained_identity
 from hpmkd.store import content_key
 
 log = logging.getLogger("hpmkd")
@@ -44,6 +45,8 @@ def model_spec(ctx: RunContext, model_cfg: DictConfig) -> dict[str, Any]:
         "recipe": OmegaConf.to_container(ctx.recipe, resolve=True),
         "precision": ctx.perf.precision,
         "seed": model_seed(ctx, model_cfg),
+        # which library release gave a foreign model's pretrained weights
+        **pretrained_identity(model_cfg.arch, model_params(model_cfg)),
     }
 
 
@@ -75,7 +78,7 @@ def obtain_model(
         ctx.record_unit(role, model_cfg.arch, "module", None)
     elif checkpoint:
         path = str(Path(checkpoint).expanduser())
-        load_weights(model, path, source=path)
+        load_weights(model, path, source=path, prefix=model_cfg.get("checkpoint_prefix"))
         log.info("%s %s: loaded from checkpoint %s", role, model_cfg.arch, path)
         extra = {"source": "checkpoint", "checkpoint": path}
         fit = None

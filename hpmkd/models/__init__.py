@@ -1,4 +1,5 @@
-"""Model zoo: CIFAR ResNets, WRNs, VGGs, MobileNetV2, ShuffleNets, ResNet-50 and MLPs."""
+"""Model zoo: CIFAR ResNets, WRNs, VGGs, MobileNetV2, ShuffleNets, ResNet-50 and MLPs; foreign
+models (torchvision, timm, Hugging Face, any callable) through foreign.py."""
 
 # importing a family module registers its models
 from . import (  # noqa: F401

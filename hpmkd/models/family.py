@@ -101,7 +101,13 @@ def family_members(
 ) -> list[Member]:
     """Every member of ``arch``'s family, sorted by parameter count (duplicates dropped)."""
     members: dict[int, Member] = {}
-    mlp = model_info(arch).family == "mlp"
+    family = model_info(arch).family
+    if family == "foreign":
+        raise UserError(
+            f"model '{arch}' is from outside hpmkd's zoo: its family cannot be scaled "
+            "(student.target_ratio and +strategy=progressive need a zoo student)"
+        )
+    mlp = family == "mlp"
     floor = (num_classes, math.prod(input_shape) if mlp else int(input_shape[0]))
     for config in _candidate_configs(arch, params):
         count = _count(config["arch"], _frozen(config["params"]), num_classes, tuple(input_shape))

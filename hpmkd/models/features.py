@@ -1,8 +1,9 @@
 """Read intermediate features of a model through persistent forward hooks.
 
 Every zoo model has ``feature_points: dict[str, tuple[str, str]]`` mapping a feature name to
-``(module_path, "input" | "output")``: the feature is the first input or the output of the
-submodule ``model.get_submodule(module_path)``. Standard names:
+``(module_path, "input" | "output" | "tokens")``: the feature is the first input or the output
+of the submodule ``model.get_submodule(module_path)`` (``tokens``: its ``[B, N, C]`` output as a
+``[B, C, h, w]`` map, ``tokens_as_map``). Standard names:
 
 - CNNs: ``stem``, ``stage1``..``stageN`` (after the activation), ``stageK_pre`` (the same point
   before the last activation of the stage), ``pool`` (the flat vector fed to the classifier).
@@ -17,6 +18,7 @@ The CRD benchmark (RepDistiller) hands its losses a list ``feat`` of a model's f
 config can name the benchmark's features for any of them.
 """
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -64,7 +66,10 @@ class FeatureTap:
     def _recorder(self, entries: list[tuple[str, str]]) -> Callable[..., None]:
         def record(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             for name, where in entries:
-                self.features[name] = args[0] if where == "input" else output
+                value = args[0] if where == "input" else output
+                # a foreign module may return a tuple (Hugging Face blocks): its first tensor
+                value = value[0] if isinstance(value, tuple) else value
+                self.features[name] = tokens_as_map(value) if where == "tokens" else value
 
         return record
 
@@ -84,6 +89,22 @@ class FeatureTap:
         tb: TracebackType | None,
     ) -> None:
         self.remove()
+
+
+def tokens_as_map(tokens: torch.Tensor) -> torch.Tensor:
+    """A transformer's tokens ``[B, N, C]`` as a feature map ``[B, C, h, w]``: the patch tokens
+    (the last ``h * w``, square) in their grid, leading class and register tokens left out, so
+    that map methods (FitNet, AT) pair a vision transformer with a conv net."""
+    batch, count, channels = tokens.shape
+    side = math.isqrt(count)
+    while side > 0 and count - side * side > 8:  # at most a few leading special tokens
+        side -= 1
+    if side == 0 or count - side * side > 8:
+        raise UserError(
+            f"tokens {tuple(tokens.shape)} hold no square grid of patches to use as a map"
+        )
+    grid = tokens[:, count - side * side :, :]
+    return grid.transpose(1, 2).reshape(batch, channels, side, side)
 
 
 _STAGE = re.compile(r"(stage|hidden)(\d+)")

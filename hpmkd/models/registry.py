@@ -6,6 +6,7 @@ is the shape of one sample: ``(C, H, W)`` for images, ``(F,)`` for flat or tabul
 """
 
 import copy
+import functools
 import inspect
 import re
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from hpmkd.errors import UserError, unknown_name
+from hpmkd.model_nodes import is_foreign
 
 Builder = Callable[..., nn.Module]
 _RESERVED = frozenset({"num_classes", "input_shape"})
@@ -64,9 +66,17 @@ def list_models() -> list[str]:
 
 
 def model_info(name: str) -> ModelSpec:
-    """The spec of model `name`; UserError listing the valid names when it is unknown."""
+    """The spec of model `name`; UserError listing the valid names when it is unknown.
+
+    A foreign name (``timm:<name>``, ``hf:<id>``, a callable's dotted path) is family
+    ``foreign``: no defaults, any input shape, built by :func:`hpmkd.models.foreign.build_foreign`.
+    """
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if is_foreign(name):
+        from .foreign import build_foreign
+
+        return ModelSpec(name, "foreign", {}, False, functools.partial(build_foreign, name))
     for pattern, spec_for in _PATTERNS:
         match = pattern.fullmatch(name)
         if match:
