@@ -182,12 +182,16 @@ def models(args: list[str]) -> int:
         "--input-shape", default="3,32,32", help="per-sample shape, e.g. 3,32,32 or 64"
     )
     parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument(
+        "names", nargs="*", help="models to count (default: the zoo); also timm:<name>, "
+        "hf:<id>, a callable's dotted path such as torchvision.models.resnet18",
+    )  # fmt: skip
     opts = parser.parse_args(args)
     shape = tuple(int(v) for v in opts.input_shape.split(","))
     table = Table(title=f"hpmkd models (input {shape}, {opts.classes} classes)")
     for column in ("name", "family", "params"):
         table.add_column(column, justify="right" if column == "params" else "left")
-    for name in list_models():
+    for name in opts.names or list_models():
         info = model_info(name)
         if info.needs_image and len(shape) != 3:
             count = "needs image input"

@@ -324,3 +324,10 @@ def test_foreign_cli_errors(run_cli, images, store) -> None:
     assert run.code == 2 and "cannot be scaled" in run.err
     run = run_cli(*common, "+student.typo=3")  # a zoo node still refuses unknown keys
     assert run.code == 2 and "unknown key 'student.typo'" in run.err
+
+
+def test_models_command_counts_foreign_models(run_cli) -> None:
+    run = run_cli("models", "--classes", "2", "torchvision.models.resnet18", "resnet8")
+    count = count_parameters(build_model("torchvision.models.resnet18", **SHAPE))
+    assert run.code == 0 and f"{count:,}" in run.out and "resnet8" in run.out
+    assert "resnet20" not in run.out
