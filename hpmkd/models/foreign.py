@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hpmkd.config import needs_extra
 from hpmkd.errors import UserError
 
 from .foreign_features import discover_feature_points, dry_forward, logits_of, replace_head
@@ -27,20 +28,13 @@ log = logging.getLogger("hpmkd")
 _EXTRAS = {"timm": "timm", "transformers": "hf"}
 
 
-def needs_extra(what: str, extra: str) -> UserError:
-    return UserError(
-        f"{what} needs hpmkd's optional extra '{extra}': pip install \"hpmkd[{extra}]\" "
-        f"(in a checkout: uv sync --extra {extra})"
-    )
-
-
 def _import(module: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as error:
         top = (error.name or module).partition(".")[0]
         if top in _EXTRAS:
-            raise needs_extra(what, _EXTRAS[top]) from error
+            raise UserError(needs_extra(what, _EXTRAS[top])) from error
         raise UserError(f"{what}: cannot import module '{module}' ({error})") from error
 
 
