@@ -331,3 +331,14 @@ def test_models_command_counts_foreign_models(run_cli) -> None:
     count = count_parameters(build_model("torchvision.models.resnet18", **SHAPE))
     assert run.code == 0 and f"{count:,}" in run.out and "resnet8" in run.out
     assert "resnet20" not in run.out
+
+
+def test_own_keys_load_even_when_they_share_a_wrapper_prefix(tmp_path: Path) -> None:
+    model = torch.nn.Sequential()
+    model.model = torch.nn.Linear(3, 2)  # every key starts with `model.`, as the model's own
+    path = tmp_path / "own.pt"
+    torch.save(model.state_dict(), path)
+    fresh = torch.nn.Sequential()
+    fresh.model = torch.nn.Linear(3, 2)
+    load_weights(fresh, path, source=str(path))
+    assert torch.equal(fresh.model.weight, model.model.weight)
