@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_name
+
 HPMKD = str(Path(sys.executable).parent / "hpmkd")
 CASES = {
     "python -c pass": [sys.executable, "-c", "pass"],
@@ -27,16 +29,6 @@ CASES = {
     "hpmkd train recipe.epochs=-1 (error)": [HPMKD, "train", "recipe.epochs=-1"],
     "hpmkd train student=nope (error)": [HPMKD, "train", "student=nope"],
 }
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _time(command: list[str], env: dict[str, str]) -> float:
@@ -49,7 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     opts = parser.parse_args()
-    print(f"CPU: {_cpu()} ({os.cpu_count()} cores), Python {platform.python_version()}")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} cores), Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "HPMKD_CACHE": tmp, "HPMKD_OUTPUTS": tmp}
         for command in CASES.values():  # warm the page cache and bytecode first

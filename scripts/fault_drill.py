@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -35,6 +34,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from machine import cpu_name
 
 STRATEGIES = {
     "plain": [],
@@ -61,16 +62,6 @@ class Trial:
     ok: bool
     killed_in: str  # the unit (and epoch) the kill interrupted, from the journal
     problems: list[str] = field(default_factory=list)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _env(root: Path) -> dict[str, str]:
