@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -231,3 +232,80 @@ def test_unreachable_download_is_one_line(run_cli, tmp_path, monkeypatch):
 def test_unknown_command(run_cli):
     run = run_cli("trian")
     _assert_user_error(run, "unknown command 'trian'", "train")
+
+
+# --- resume: a damaged checkpoint or another configuration, refused before anything trains --------
+
+
+def _unfinished_run(run_cli, hpmkd_env: Path) -> tuple[list[str], Path]:
+    """A finished tiny run made unfinished again: results.json removed."""
+    args = [*TINY, "recipe.epochs=1"]
+    assert run_cli("train", *args).code == 0
+    (results,) = (hpmkd_env / "outputs").rglob("results.json")
+    results.unlink()
+    return args, results.parent / "checkpoints" / "last.ckpt"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_a_byte(path: Path) -> None:
+    """Corrupt the largest record's data in place (the zip's CRC no longer matches)."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.compress_size)
+    data = bytearray(path.read_bytes())
+    local = info.header_offset  # the local header: name and extra lengths at bytes 26 and 28
+    start = local + 30 + int.from_bytes(data[local + 26 : local + 28], "little")
+    start += int.from_bytes(data[local + 28 : local + 30], "little")
+    data[start + info.compress_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda p: p.write_bytes(b""), "it is empty"),
+        (_truncate, "it is truncated"),
+        (_flip_a_byte, "corrupt"),
+        (lambda p: p.write_text("notes, not a checkpoint\n"), "not a PyTorch checkpoint"),
+    ],
+    ids=["empty", "truncated", "corrupt", "text"],
+)
+def test_a_damaged_checkpoint_is_one_line_before_training(hpmkd_env, run_cli, damage, expected):
+    args, checkpoint = _unfinished_run(run_cli, hpmkd_env)
+    damage(checkpoint)
+    before = checkpoint.read_bytes()
+
+    out = run_cli("train", *args, "resume=true")
+
+    assert out.code == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpmkd: error: resume: cannot read checkpoint")
+    assert expected in lines[0] and str(checkpoint) in lines[0]
+    assert "weights_only" not in out.err
+    assert checkpoint.read_bytes() == before  # nothing trained over it
+    assert not list((hpmkd_env / "outputs").rglob("results.json"))
+
+
+def test_resume_from_a_text_file_is_one_line(hpmkd_env, run_cli):
+    notes = hpmkd_env / "notes.txt"
+    notes.write_text("not a checkpoint\n")
+
+    out = run_cli("train", *TINY, f"resume={notes}")
+
+    assert out.code == 2
+    assert out.err.strip() == (
+        f"hpmkd: error: resume: cannot read checkpoint {notes}: it is not a PyTorch checkpoint "
+        "(not a zip archive); delete it to train that unit from its start, or pass another "
+        "resume=<run dir or checkpoint>"
+    )
+
+
+def test_resume_of_a_run_with_another_configuration_names_the_difference(hpmkd_env, run_cli):
+    args, checkpoint = _unfinished_run(run_cli, hpmkd_env)
+
+    out = run_cli("train", *args, "seed=5", f"resume={checkpoint.parent.parent}")
+
+    assert out.code == 2
+    assert "ran another configuration (seed: 0 there, 5 here)" in out.err
