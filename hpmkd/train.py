@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from filelock import FileLock, Timeout
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from hpmkd import config
@@ -46,15 +46,23 @@ RUN_LOCK = ".run.lock"  # held while a process works on the run
 FAILURE_FILE = "failure.json"
 
 
+def run_identity(config: dict) -> dict:
+    """A run's resolved config without where it writes, whether it resumes and which result a
+    sweeper reads (``optimized_metric``): what must agree for a run to be the same run."""
+    plain = {k: v for k, v in config.items() if k not in ("resume", "paths", "optimized_metric")}
+    if plain.get("logger"):
+        plain["logger"] = {
+            name: {k: v for k, v in node.items() if k != "save_dir"}
+            if isinstance(node, dict)
+            else node
+            for name, node in plain["logger"].items()
+        }
+    return plain
+
+
 def run_key(cfg: DictConfig) -> str:
-    """Identity of a run's configuration, ignoring where it writes, whether it resumes and
-    which result a sweeper reads (``optimized_metric``)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("resume", "paths", "optimized_metric"):
-        plain.pop(key, None)  # type: ignore[union-attr]
-    for node in (plain.get("logger") or {}).values():  # type: ignore[union-attr]
-        node.pop("save_dir", None)
-    return content_key("run", plain)  # type: ignore[arg-type]
+    """The identity of a run (``run_identity``) as a store-style key."""
+    return content_key("run", run_identity(config.to_container(cfg)))
 
 
 def check_checkpoint(path: Path) -> None:
@@ -125,10 +133,7 @@ def _config_differences(run_dir: Path, config: dict) -> str:
     theirs = json.loads((run_dir / RUN_FILE).read_text()).get("config")
     if not isinstance(theirs, dict):
         return "a different configuration"
-    ours, other = _flatten(config), _flatten(theirs)
-    for flat in (ours, other):  # where a run writes and whether it resumes
-        for k in [k for k in flat if k == "resume" or k.startswith(("paths.", "logger."))]:
-            del flat[k]
+    ours, other = _flatten(run_identity(config)), _flatten(run_identity(theirs))
     keys = sorted(k for k in ours.keys() | other.keys() if ours.get(k) != other.get(k))
     shown = [f"{k}: {other.get(k, '<absent>')} there, {ours.get(k, '<absent>')} here" for k in keys]
     return "; ".join(shown[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")

@@ -355,7 +355,8 @@ def test_speed_only_settings_never_split_a_configuration(tmp_path):
     def fast(config: dict) -> None:
         config["perf"] = {"channels_last": True, "device_data": True, "compile": True}
         config["trainer"]["enable_progress_bar"] = False
-        config |= {"teacher_cache": False, "skip_complete": False, "tags": ["x"], "logger": None}
+        config |= {"teacher_cache": False, "skip_complete": False, "tags": ["x"], "logger": None,
+                   "optimized_metric": "test_acc"}  # fmt: skip
         config["store"]["root"] = "/elsewhere/store"
         config["paths"]["cache_dir"] = "/elsewhere"
 

@@ -70,11 +70,12 @@ def _total_time(results: dict) -> float:
     return results["wall_time_s"] if total is None else total
 
 
-# Not part of a configuration's identity: the seed (rows aggregate over it), and what changes
-# only where a run writes, how it logs or how fast it runs (data.cache_dir: a decoded copy).
+# Not part of a configuration's identity: the seed (rows aggregate over it), which result a
+# sweeper reads, and what changes only where a run writes, how it logs or how fast it runs
+# (data.cache_dir: a decoded copy).
 NOT_IDENTITY = (
     "seed", "resume", "tags", "skip_complete", "teacher_cache", "paths", "logger", "store",
-    "perf", "hydra", "trainer.enable_progress_bar",
+    "perf", "hydra", "trainer.enable_progress_bar", "optimized_metric",
 )  # fmt: skip
 
 
