@@ -44,11 +44,13 @@ class FrozenTeacher:
 
     @torch.no_grad()
     def __call__(self, x: Tensor, index: Tensor, view: Tensor | None = None) -> ModelOutputs:
-        """The teacher's outputs for batch ``x`` (``index`` and ``view``, which identify its
-        samples for ``CachedTeacher``, are not needed online)."""
+        """The teacher's outputs for batch ``x`` (``view``, which identifies its samples for
+        ``CachedTeacher`` with ``index``, is not needed online)."""
         if self.tap is None:
             self.tap = FeatureTap(self.model, self.features)
-        logits = self.model(x)
+        # a model with ``indexed`` looks rows up by sample (a scikit-learn teacher's soft labels)
+        indexed = getattr(self.model, "indexed", None)
+        logits = self.model(x) if indexed is None else indexed(x, index)
         return ModelOutputs(logits, dict(self.tap.features))
 
     def release(self) -> None:
