@@ -17,6 +17,7 @@ from torch import nn
 
 from hpmkd import config
 from hpmkd.data import DataSplits, load_data
+from hpmkd.deploy.record import run_cost, save_contract
 from hpmkd.engine.context import LAST_CHECKPOINT, RunContext
 from hpmkd.engine.ddp import is_global_zero
 from hpmkd.engine.journal import Journal, read_journal, segments
@@ -325,6 +326,8 @@ def _run(
         )
         if not writer:
             return results
+        save_contract(cfg, data, out_dir)  # deploy.json: what `hpmkd export` needs besides weights
+        results["cost"] = run_cost(cfg, data, result.teacher, out_dir, given)
         path = write_results(out_dir, results)
         (out_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier attempt's
     row = history_row(results, data)

@@ -34,6 +34,9 @@ class DataSplits:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     augment: dict = field(default_factory=dict)
+    # tabular sets: how raw rows became ``x`` (hpmkd.data.sources._tabular.table_contract), so a
+    # deployed student can take raw rows; None for images and for data given as tensors
+    table_transform: dict | None = None
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def fingerprint(self) -> str:

@@ -190,4 +190,24 @@ def tabular_splits(
         class_names=list(class_names),
         input_shape=(width,),
         is_image=False,
+        table_transform=table_contract(transform, numeric, categorical),
     )
+
+
+def table_contract(transform: ColumnTransformer, numeric: list, categorical: list) -> dict:
+    """The fitted preprocessing as plain numbers: each encoded column's name and, for the
+    numeric ones, the training median (imputed for a missing value), mean and scale; one-hot
+    columns pass through (their categories are listed). Deployment applies it to raw rows."""
+    scaler = transform.named_transformers_["numeric"][-1] if numeric else None
+    imputer = transform.named_transformers_["numeric"][0] if numeric else None
+    onehot = transform.named_transformers_["categorical"] if categorical else None
+    return {
+        "columns": [str(c) for c in numeric],
+        "median": [float(v) for v in imputer.statistics_] if imputer else [],
+        "mean": [float(v) for v in scaler.mean_] if scaler else [],
+        "scale": [float(v) for v in scaler.scale_] if scaler else [],
+        "categorical": {
+            str(c): [str(v) for v in cats]
+            for c, cats in zip(categorical, onehot.categories_ if onehot else [], strict=False)
+        },
+    }

@@ -1,0 +1,1 @@
+"""Deploying a run's student: its input contract, export, cost, latency, quantisation, card."""
