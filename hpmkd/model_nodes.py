@@ -6,6 +6,11 @@ path of any callable returning an ``nn.Module`` (``torchvision.models.resnet18``
 instead name the callable with ``_target_`` and give its arguments as keys beside it, as Hydra
 does; ``canonical_model_nodes`` rewrites such a node to ``arch`` + ``params`` before the run, so
 that the store key, the records and the report see one spelling.
+
+A teacher's ``arch`` may also name a scikit-learn-compatible classifier (``fit`` and
+``predict_proba``: scikit-learn, XGBoost, LightGBM, CatBoost): a tabular teacher
+(hpmkd.engine.tabular_teacher), told apart here by its module prefix without importing it;
+``TABULAR_TEACHERS`` are its ``teacher=`` presets.
 """
 
 from __future__ import annotations
@@ -27,8 +32,39 @@ MODEL_ROLES = ("teacher", "student", "assistant")
 # keys of a model node that are hpmkd's own, never arguments of a foreign model's callable
 NODE_KEYS = frozenset(
     {"arch", "params", "checkpoint", "seed", "target_ratio", "features", "checkpoint_prefix",
-     "pretrained", "_target_"}
+     "pretrained", "_target_", "oof_folds"}
 )  # fmt: skip
+
+# the libraries of scikit-learn-compatible classifiers, and the extra that installs each
+TABULAR_LIBRARIES = {"sklearn": None, "xgboost": "xgboost", "lightgbm": "lightgbm",
+                     "catboost": "catboost"}  # fmt: skip
+OOF_FOLDS = 5  # a tabular teacher's out-of-fold soft labels: stratified folds (0: no cross-fitting)
+# `teacher=<name>` presets of tabular teachers: estimator and the arguments that differ from or
+# pin its library's defaults (random_state comes from the teacher's seed)
+TABULAR_TEACHERS: dict[str, dict[str, Any]] = {
+    "hgb": {"arch": "sklearn.ensemble.HistGradientBoostingClassifier",
+            "params": {"max_iter": 200, "learning_rate": 0.1, "max_leaf_nodes": 31}},
+    "random_forest": {"arch": "sklearn.ensemble.RandomForestClassifier",
+                      "params": {"n_estimators": 200, "min_samples_leaf": 1}},
+    "xgboost": {"arch": "xgboost.XGBClassifier",
+                "params": {"n_estimators": 300, "learning_rate": 0.1, "max_depth": 6,
+                           "tree_method": "hist"}},
+    "lightgbm": {"arch": "lightgbm.LGBMClassifier",
+                 "params": {"n_estimators": 300, "learning_rate": 0.05, "num_leaves": 31,
+                            "verbose": -1}},
+}  # fmt: skip
+
+
+def is_tabular(arch: object) -> bool:
+    """Whether ``arch`` names a classifier of a known scikit-learn-compatible library."""
+    return isinstance(arch, str) and arch.partition(".")[0] in TABULAR_LIBRARIES and "." in arch
+
+
+def tabular_teacher_node(name: str) -> dict[str, Any]:
+    """The ``teacher=<name>`` option of a tabular-teacher preset."""
+    preset = TABULAR_TEACHERS[name]
+    return {"arch": preset["arch"], "params": dict(preset["params"]), "checkpoint": None,
+            "seed": None, "oof_folds": OOF_FOLDS}  # fmt: skip
 
 
 def is_foreign(arch: object) -> bool:

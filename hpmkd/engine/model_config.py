@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
+from hpmkd.model_nodes import TABULAR_TEACHERS, is_tabular, tabular_teacher_node
 from hpmkd.models import build_model, count_parameters
 from hpmkd.models.family import family_members, member_at_ratio
 from hpmkd.models.registry import model_info
@@ -26,7 +27,8 @@ def model_params(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def teacher_configs(cfg: DictConfig) -> list[DictConfig]:
-    """``teachers`` as full model nodes (registry defaults filled in); ``[teacher]`` if null."""
+    """``teachers`` as full model nodes (registry defaults filled in); ``[teacher]`` if null.
+    A tabular-teacher preset name (``hgb``) stands for its ``teacher=`` node."""
     entries = cfg.get("teachers")
     if entries is None:
         entries = [cfg.teacher]
@@ -37,9 +39,16 @@ def teacher_configs(cfg: DictConfig) -> list[DictConfig]:
         )
     nodes = []
     for entry in entries:
+        if isinstance(entry, str) and entry in TABULAR_TEACHERS:
+            nodes.append(OmegaConf.create(tabular_teacher_node(entry)))
+            continue
         node: dict[str, Any] = {"arch": entry} if isinstance(entry, str) else dict(entry)
         given = str(node["arch"]).startswith(GIVEN_PREFIX)
-        defaults = {} if given else dict(model_info(node["arch"]).default_params)
+        defaults = (
+            {}
+            if given or is_tabular(node["arch"])
+            else dict(model_info(node["arch"]).default_params)
+        )
         node["params"] = defaults | dict(node.get("params") or {})
         nodes.append(OmegaConf.create({"checkpoint": None, "seed": None} | node))
     return nodes
@@ -48,9 +57,14 @@ def teacher_configs(cfg: DictConfig) -> list[DictConfig]:
 def student_at_ratio(cfg: DictConfig, data: DataSplits) -> None:
     """Replace the student by the member of its family at ``student.target_ratio`` (in place)."""
     shape = {"num_classes": data.num_classes, "input_shape": data.input_shape}
+    torch_teachers = [t for t in teacher_configs(cfg) if not is_tabular(t.arch)]
+    if not torch_teachers:
+        raise UserError(
+            "student.target_ratio compares parameter counts and the teacher is a scikit-learn "
+            "model; choose the student directly"
+        )
     teacher_params = max(
-        count_parameters(build_model(t.arch, **shape, **model_params(t)))
-        for t in teacher_configs(cfg)
+        count_parameters(build_model(t.arch, **shape, **model_params(t))) for t in torch_teachers
     )
     student = cfg.student
     members = family_members(student.arch, model_params(student), **shape)

@@ -20,10 +20,13 @@ from hpmkd.engine.context import RunContext
 from hpmkd.engine.evaluate import accuracy
 from hpmkd.engine.model_config import model_params
 from hpmkd.engine.records import ModelRecord
+from hpmkd.engine.tabular_teacher import obtain_tabular_teacher, refuse_feature_method
 from hpmkd.engine.teacher_cache import weights_digest
+from hpmkd.errors import UserError
 from hpmkd.methods import build_method
 from hpmkd.models import count_parameters, load_weights
 from hpmkd.models.foreign import pretrained_identity
+from hpmkd.models.sklearn_teacher import names_classifier
 from hpmkd.store import content_key
 
 log = logging.getLogger("hpmkd")
@@ -66,8 +69,21 @@ def obtain_model(
     """Build ``model_cfg`` and give it weights; the record says where they came from.
 
     Without ``teacher`` the model is trained on the labels; with one it is distilled from it
-    with ``method_cfg``.
+    with ``method_cfg``. A scikit-learn-compatible classifier is a tabular teacher: its
+    soft labels (``hpmkd.engine.tabular_teacher``).
     """
+    if names_classifier(model_cfg.arch):
+        if teacher is not None:
+            raise UserError(
+                f"{role} '{model_cfg.arch}' is a scikit-learn model and cannot learn from a "
+                "teacher; use a torch model there"
+            )
+        return obtain_tabular_teacher(ctx, model_cfg, role, model_seed(ctx, model_cfg))
+    if model_cfg.get("oof_folds") is not None:
+        raise UserError(
+            f"{role}.oof_folds applies to scikit-learn teachers; "
+            f"'{model_cfg.arch}' is a torch model"
+        )
     model = ctx.build(model_cfg, role)
     checkpoint = model_cfg.get("checkpoint")
     extra: dict[str, Any]
@@ -109,6 +125,7 @@ def obtain_model(
                     result = ctx.train_plain(model, out_dir=ctx.out_dir / role, nested=True)
                 else:
                     method = build_method(method_cfg or {"name": "kd"})
+                    refuse_feature_method(teacher[0], method)
                     result = ctx.train(
                         model, method, out_dir=ctx.out_dir / role, teacher=teacher[0],
                         teacher_id=spec["distilled_from"], nested=True,

@@ -3,7 +3,9 @@
 ``TeacherEnsemble(x)`` returns the mean of the teachers' logits, ``(B, C)``, so everything that
 expects one teacher (class-count check, accuracy) works unchanged; the stacked logits
 ``(B, K, C)``, in the order the teachers were given, pass through the ``stack`` submodule and are
-the feature ``teacher_logits``.
+the feature ``teacher_logits``. ``indexed(x, index)`` is the same with the sample indices of the
+batch: a member that looks its outputs up by sample (``indexed``, a scikit-learn teacher's
+out-of-fold soft labels) reads them, the others run on ``x``.
 
 Teachers of one architecture (same class, layer settings and weight shapes, no hooks) run as one
 batched forward (``batched=True``): their weights are stacked (``torch.func.stack_module_state``)
@@ -71,7 +73,11 @@ class TeacherEnsemble(nn.Module):
         return [group for group in self.groups if group in self._stacked]
 
     def forward(self, x: Tensor) -> Tensor:
-        groups, jobs = self._jobs(x)
+        return self.indexed(x, None)
+
+    def indexed(self, x: Tensor, index: Tensor | None) -> Tensor:
+        """The mean logits of the teachers on the batch ``x`` of samples ``index``."""
+        groups, jobs = self._jobs(x, index)
         if not self.concurrent or len(jobs) == 1:
             outputs = [job(x) for job in jobs]
         elif x.is_cuda:
@@ -82,7 +88,7 @@ class TeacherEnsemble(nn.Module):
         self._check_classes(logits)
         return self.stack(torch.stack(logits, dim=1)).mean(dim=1)
 
-    def _jobs(self, x: Tensor) -> tuple[list[Group], list[Job]]:
+    def _jobs(self, x: Tensor, index: Tensor | None) -> tuple[list[Group], list[Job]]:
         """One job per batched group and per teacher that runs alone."""
         groups: list[Group] = []
         jobs: list[Job] = []
@@ -94,7 +100,7 @@ class TeacherEnsemble(nn.Module):
                 continue
             for k in group:
                 groups.append((k,))
-                jobs.append(lambda x, teacher=self.teachers[k]: [teacher(x)])
+                jobs.append(lambda x, teacher=self.teachers[k]: [_member(teacher, x, index)])
         return groups, jobs
 
     def _stacked_for(self, group: Group, x: Tensor) -> StackedTeachers | None:
@@ -253,6 +259,11 @@ def _batchable(model: nn.Module) -> bool:
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()
     )
     return not hooked and next(model.parameters(), None) is not None
+
+
+def _member(teacher: nn.Module, x: Tensor, index: Tensor | None) -> Tensor:
+    indexed = getattr(teacher, "indexed", None)
+    return teacher(x) if index is None or indexed is None else indexed(x, index)
 
 
 def _label(model: nn.Module) -> str:

@@ -12,6 +12,7 @@ from torch import nn
 from hpmkd.engine.context import RunContext
 from hpmkd.engine.obtain import obtain_teacher, teacher_identity
 from hpmkd.engine.records import StrategyResult, model_record
+from hpmkd.engine.tabular_teacher import refuse_feature_method
 from hpmkd.methods import DistillMethod, build_method
 from hpmkd.strategies.registry import register_strategy
 
@@ -35,6 +36,7 @@ def distil_student(
         method = make_method(student)
     else:
         method = ctx.given_method or build_method(method_cfg)
+    refuse_feature_method(teacher, method)
     result = ctx.train_student(
         student, method, teacher=teacher, teacher_id=teacher_id, callbacks=callbacks
     )

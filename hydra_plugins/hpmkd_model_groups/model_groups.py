@@ -1,6 +1,7 @@
 """A Hydra config source with one `teacher=`, `student=` and `assistant=` option per model of
 the zoo, read from hpmkd's model table (hpmkd.config.MODEL_TABLE, kept equal to the model
-registry by a test) without importing torch.
+registry by a test) without importing torch; the teacher group also serves the presets of
+scikit-learn-compatible teachers (hpmkd.model_nodes.TABULAR_TEACHERS: `teacher=hgb`).
 
 A config source rather than the ConfigStore: Hydra deep-copies the whole ConfigStore on every
 composition and every config-group query, which made `hpmkd train --help` take seconds per
@@ -19,6 +20,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
 from hpmkd.config import MODEL_GROUPS, config_dir, model_group_node, model_table
+from hpmkd.model_nodes import TABULAR_TEACHERS, tabular_teacher_node
 
 
 class ModelGroupsSearchPath(SearchPathPlugin):
@@ -36,10 +38,14 @@ class ModelGroupsSource(ConfigSource):
     def load_config(self, config_path: str) -> ConfigResult:
         group, _, name = config_path.removesuffix(".yaml").partition("/")
         params = model_table().get(name) if group in MODEL_GROUPS else None
-        if params is None:
+        if group == "teacher" and name in TABULAR_TEACHERS:
+            node = tabular_teacher_node(name)
+        elif params is not None:
+            node = model_group_node(group, name, params)
+        else:
             raise ConfigLoadError(f"Config not found: {config_path}")
         return ConfigResult(
-            config=OmegaConf.create(model_group_node(group, name, params)),
+            config=OmegaConf.create(node),
             path=f"{self.scheme()}://{self.path}",
             provider=self.provider,
             header={"package": None},
@@ -53,12 +59,17 @@ class ModelGroupsSource(ConfigSource):
 
     def is_config(self, config_path: str) -> bool:
         group, _, name = config_path.strip("/").removesuffix(".yaml").partition("/")
-        return group in MODEL_GROUPS and name in model_table()
+        return group in MODEL_GROUPS and name in _options(group)
 
     def list(self, config_path: str, results_filter: ObjectType | None) -> list[str]:
         path = config_path.strip("/")
         if path == "":
             return [] if results_filter == ObjectType.CONFIG else sorted(MODEL_GROUPS)
         if path in MODEL_GROUPS and results_filter != ObjectType.GROUP:
-            return sorted(model_table())
+            return sorted(_options(path))
         return []
+
+
+def _options(group: str) -> set[str]:
+    zoo = set(model_table())
+    return zoo | set(TABULAR_TEACHERS) if group == "teacher" else zoo
