@@ -17,6 +17,7 @@ from torch import nn
 
 from hpmkd import config
 from hpmkd.data import DataSplits, load_data
+from hpmkd.data.stream import StreamSplits
 from hpmkd.deploy.record import run_cost, save_contract
 from hpmkd.engine.context import LAST_CHECKPOINT, RunContext
 from hpmkd.engine.ddp import is_global_zero
@@ -45,6 +46,9 @@ log = logging.getLogger("hpmkd")
 RUN_FILE = "run.json"
 RUN_LOCK = ".run.lock"  # held while a process works on the run
 FAILURE_FILE = "failure.json"
+# strategies that read the splits as tensors (SMSKD's forgetting rate, the ensemble's accuracy,
+# PDC's validation, ACM's meta-features): in-memory data only
+IN_MEMORY_STRATEGIES = frozenset({"smskd", "multi_teacher", "progressive", "hpmkd"})
 
 
 def run_identity(config: dict) -> dict:
@@ -282,6 +286,11 @@ def _run(
         out_dir = continue_in(cfg, out_dir, resume_dir)
     strategy = cfg.strategy.name if cfg.get("strategy") else "plain"
     data = given_data if given_data is not None else load_data(cfg.data)
+    if isinstance(data, StreamSplits) and strategy in IN_MEMORY_STRATEGIES:
+        raise UserError(
+            f"+strategy={strategy} needs in-memory data, but data '{data.name}' streams; "
+            "use data.stream=false if it fits in memory, or +strategy=kd|takd|aggregate|plain"
+        )
     if cfg.student.get("target_ratio"):
         student_at_ratio(cfg, data)
     writer = is_global_zero()  # ranks started by torchrun/srun: rank 0 writes for all of them
@@ -330,7 +339,7 @@ def _run(
         results["cost"] = run_cost(cfg, data, result.teacher, out_dir, given)
         path = write_results(out_dir, results)
         (out_dir / FAILURE_FILE).unlink(missing_ok=True)  # an earlier attempt's
-    row = history_row(results, data)
+    row = history_row(results, data) if isinstance(data, DataSplits) else None
     if row is not None:
         append_run(cfg.store.root, row)
     print_summary(results, path)

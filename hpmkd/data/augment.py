@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hpmkd.data.splits import DataSplits
+from hpmkd.data.stream import StreamSplits
+
 
 class BatchTransform:
     """``transform(x, train)``: augment (training only) and normalise a batch.
@@ -125,3 +128,14 @@ def flip_draws(n: int, device: torch.device, generator: torch.Generator | None =
 def flip_where(x: Tensor, flipped: Tensor) -> Tensor:
     """The batch with the samples marked in ``flipped`` mirrored horizontally."""
     return torch.where(flipped[:, None, None, None], x.flip(3), x)
+
+
+def batch_transform(data: DataSplits | StreamSplits, augment: bool) -> BatchTransform:
+    """The device-side transform for ``data`` (``DataSplits`` or ``StreamSplits``).
+
+    In-memory images are augmented here (``data.augment``, when ``augment``); streamed images
+    were augmented in the loader's workers, so for them this only normalises.
+    """
+    streamed = isinstance(data, StreamSplits)
+    options = dict(data.augment) if augment and not streamed else {}
+    return BatchTransform(is_image=data.is_image, mean=data.mean, std=data.std, **options)

@@ -8,7 +8,7 @@ batch's sample indices.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 import lightning as L
@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from hpmkd.data.splits import DataSplits
+from hpmkd.data.stream import StreamSplits
 
 
 class TensorSplit(Dataset):
@@ -91,3 +92,52 @@ def on_device(splits: DataSplits, device: torch.device) -> DataSplits:
         return splits
     names = [f"{xy}_{split}" for split in ("train", "val", "test") for xy in ("x", "y")]
     return replace(splits, **{name: getattr(splits, name).to(device) for name in names})
+
+
+def make_datamodule(
+    data: DataSplits | StreamSplits,
+    batch_size: int,
+    eval_batch_size: int,
+    *,
+    device_data: bool = False,
+    augment: bool = True,
+    workers: int | str | None = None,
+) -> L.LightningDataModule:
+    """The data module for in-memory splits (``SplitsDataModule``) or streamed ones
+    (``StreamDataModule``: ``augment=False`` trains on the eval pipeline; ``workers`` is
+    ``data.workers``)."""
+    if not isinstance(data, StreamSplits):
+        return SplitsDataModule(data, batch_size, eval_batch_size, device_data)
+    from hpmkd.data.stream_loader import StreamDataModule
+
+    return StreamDataModule(data, batch_size, eval_batch_size, workers, augment=augment)
+
+
+def split_size(data: DataSplits | StreamSplits, split: str) -> int:
+    """Number of samples in ``split`` (train, val or test) of either kind of splits."""
+    if isinstance(data, StreamSplits):
+        return len(getattr(data, split))
+    return len(getattr(data, f"y_{split}"))
+
+
+def split_batches(
+    data: DataSplits | StreamSplits, split: str, batch_size: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(x, y)`` batches of ``split`` in order, as loaded (uint8 images before normalisation)."""
+    if isinstance(data, StreamSplits):
+        from hpmkd.data.stream_loader import stream_batches
+
+        yield from stream_batches(data, split, batch_size)
+        return
+    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    for start in range(0, len(y), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+def head(data: DataSplits | StreamSplits, n: int) -> Tensor:
+    """The first ``n`` training samples as loaded for evaluation (for dry forwards)."""
+    if isinstance(data, StreamSplits):
+        from hpmkd.data.stream_loader import stream_head
+
+        return stream_head(data, n)
+    return data.x_train[:n]

@@ -12,9 +12,10 @@ import pkgutil
 from collections.abc import Callable, Mapping
 
 from hpmkd.data.splits import DataSplits
+from hpmkd.data.stream import StreamSplits
 from hpmkd.errors import unknown_name
 
-Loader = Callable[[Mapping], DataSplits]
+Loader = Callable[[Mapping], DataSplits | StreamSplits]
 
 SOURCES_PACKAGE = "hpmkd.data.sources"
 
@@ -26,6 +27,8 @@ SOURCE_TABLE: dict[str, str] = {
     "cifar100": "cifar",
     "fashion_mnist": "fashion_mnist",
     "image_folder": "image_folder",
+    "imagenet": "imagenet",
+    "tiny_imagenet": "imagenet",
     "csv": "csv_table",
     "adult": "openml",
     "credit_g": "openml",

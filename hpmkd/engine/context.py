@@ -21,9 +21,10 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from hpmkd.data.augment import BatchTransform
-from hpmkd.data.loader import SplitsDataModule
+from hpmkd.data.augment import BatchTransform, batch_transform
+from hpmkd.data.loader import head, make_datamodule, split_size
 from hpmkd.data.splits import DataSplits
+from hpmkd.data.stream import StreamSplits
 from hpmkd.engine.callbacks import user_callbacks
 from hpmkd.engine.ddp import is_global_zero, launched_rank
 from hpmkd.engine.fit import FitResult, fit, fit_init_stage, one_device
@@ -43,6 +44,7 @@ from hpmkd.engine.teacher_cache import (
     ViewCache,
     cache_summary,
     open_view_cache,
+    stream_cache_off,
     weights_digest,
 )
 from hpmkd.errors import UserError
@@ -85,7 +87,7 @@ class TrainingChoice:
 class RunContext:
     cfg: DictConfig
     out_dir: Path
-    data: DataSplits
+    data: DataSplits | StreamSplits
     store: ArtifactStore
     ckpt_path: str | None = None  # a checkpoint from outside any run directory: the main fit's
     teacher_cache_counts: dict[str, int] = field(default_factory=dict)  # over all fits of the run
@@ -123,10 +125,7 @@ class RunContext:
 
     @property
     def transform(self) -> BatchTransform:
-        augment = dict(self.data.augment) if self.recipe.augment else {}
-        return BatchTransform(
-            is_image=self.data.is_image, mean=self.data.mean, std=self.data.std, **augment
-        )
+        return batch_transform(self.data, bool(self.recipe.augment))
 
     @property
     def device(self) -> torch.device:
@@ -159,11 +158,13 @@ class RunContext:
                 **model_params(model_cfg),
             )
 
-    def datamodule(self) -> SplitsDataModule:
+    def datamodule(self) -> L.LightningDataModule:
         recipe = self.recipe
-        return SplitsDataModule(
-            self.data, recipe.batch_size, recipe.eval_batch_size, self.perf.device_data
-        )
+        return make_datamodule(
+            self.data, recipe.batch_size, recipe.eval_batch_size,
+            device_data=self.perf.device_data, augment=bool(recipe.augment),
+            workers=self.cfg.data.get("workers"),
+        )  # fmt: skip
 
     def trainer_kwargs(self, *, nested: bool) -> dict[str, Any]:
         """The run's trainer settings, on one device where a fit must not use DDP.
@@ -326,6 +327,10 @@ class RunContext:
             return None
         if not self.cfg.get("teacher_cache", True):
             return None
+        off = stream_cache_off(self.data, bool(self.recipe.augment))
+        if off is not None:
+            log.info("teacher cache off: %s", off)
+            return None
         transform = self.transform
         spec = {
             "teacher": teacher_id,
@@ -335,7 +340,7 @@ class RunContext:
             "precision": self.perf.precision,
         }
         return open_view_cache(
-            self.store, spec, samples=len(self.data.y_train), views=transform.views,
+            self.store, spec, samples=split_size(self.data, "train"), views=transform.views,
             classes=self.data.num_classes,
         )  # fmt: skip
 
@@ -370,7 +375,7 @@ def prepare_method(
     """Resolve the method's feature names, then a dry forward on two samples: class counts must
     agree, and the method sizes its connectors from the feature shapes."""
     method.bind_features(student, teacher)
-    x = ctx.transform(ctx.data.x_train[:2], train=False)
+    x = ctx.transform(head(ctx.data, 2), train=False)
     was_training = student.training
     student.eval()
     with FeatureTap(student, method.student_features) as tap:
@@ -393,6 +398,6 @@ def prepare_method(
             student_shapes=student_shapes,
             teacher_shapes=teacher_shapes,
             num_classes=ctx.data.num_classes,
-            num_train=len(ctx.data.y_train),
+            num_train=split_size(ctx.data, "train"),
         )
     )

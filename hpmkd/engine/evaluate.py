@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from hpmkd.data.augment import BatchTransform
+from hpmkd.data.loader import split_batches
+from hpmkd.data.splits import DataSplits
+from hpmkd.data.stream import StreamSplits
 
 
 @torch.no_grad()
@@ -20,18 +25,40 @@ def accuracy(
     device: torch.device | str = "cpu",
 ) -> float | None:
     """Top-1 accuracy in percent (``None`` for an empty split). Leaves the model in eval mode."""
-    if len(y) == 0:
-        return None
+    batches = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size))
+    return _accuracy(model, batches, transform, device)
+
+
+def split_accuracy(
+    model: nn.Module,
+    data: DataSplits | StreamSplits,
+    split: str,
+    transform: BatchTransform,
+    *,
+    batch_size: int = 1024,
+    device: torch.device | str = "cpu",
+) -> float | None:
+    """``accuracy`` on a split of in-memory or streamed data."""
+    return _accuracy(model, split_batches(data, split, batch_size), transform, device)
+
+
+def _accuracy(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    transform: BatchTransform,
+    device: torch.device | str,
+) -> float | None:
     model.eval().to(device)
     metric: MulticlassAccuracy | None = None
-    for start in range(0, len(y), batch_size):
-        xb = transform(x[start : start + batch_size].to(device), train=False)
+    for xs, ys in batches:
+        xb = transform(xs.to(device), train=False)
         logits = model(xb)
         if metric is None:
             # this process's split only: never synchronised with other DDP ranks; float64 so
             # that the percentage is exact to the last printed digit
             metric = MulticlassAccuracy(logits.shape[1], average="micro", sync_on_compute=False)
             metric = metric.to(logits.device).set_dtype(torch.float64)
-        metric.update(logits, y[start : start + batch_size].to(logits.device))
-    assert metric is not None
+        metric.update(logits, ys.to(logits.device))
+    if metric is None:  # an empty split
+        return None
     return 100.0 * float(metric.compute())

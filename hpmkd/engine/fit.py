@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import Logger
 
-from hpmkd.data.loader import SplitsDataModule
+from hpmkd.data.loader import SplitsDataModule, split_size
 from hpmkd.engine.module import DistillModule
 from hpmkd.errors import UserError
 
@@ -215,7 +215,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
 ) -> FitResult:
     """Train, then test with the last and the best-validation weights."""
-    has_val = len(datamodule.splits.y_val) > 0
+    has_val = split_size(datamodule.splits, "val") > 0
     history = EpochHistory()
     trainer, checkpoint = make_trainer(
         out_dir=out_dir,

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hpmkd.engine.context import RunContext
-from hpmkd.engine.evaluate import accuracy
+from hpmkd.engine.evaluate import split_accuracy
 from hpmkd.engine.model_config import model_params
 from hpmkd.engine.records import ModelRecord
 from hpmkd.engine.tabular_teacher import obtain_tabular_teacher, refuse_feature_method
@@ -153,8 +153,8 @@ def obtain_model(
         role=role,
         arch=model_cfg.arch,
         params=count_parameters(model),
-        val_acc=accuracy(model, data.x_val, data.y_val, ctx.transform, device=ctx.device),
-        test_acc=accuracy(model, data.x_test, data.y_test, ctx.transform, device=ctx.device),
+        val_acc=split_accuracy(model, data, "val", ctx.transform, device=ctx.device),
+        test_acc=split_accuracy(model, data, "test", ctx.transform, device=ctx.device),
         extra=extra,
         fit=fit,
     )

@@ -12,7 +12,8 @@ Entries are stored in float16 and every row a step returns is rounded to float16
 a step's loss does not depend on what was cached before. The files are memory-mapped with shared
 writes: processes that use one cache at once must share a page cache (one machine) or a file
 system with coherent shared mappings. Only methods that read teacher logits alone can use it;
-feature methods keep the online teacher.
+feature methods keep the online teacher. Streamed data whose training pipeline is random
+(RandomResizedCrop) has no finite set of views: the cache is off for it (``stream_cache_off``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from hpmkd.data.stream import StreamSplits
+from hpmkd.data.stream_transforms import is_random
 from hpmkd.methods.base import ModelOutputs
 from hpmkd.store import ArtifactStore, content_key
 
@@ -197,3 +200,23 @@ def cache_summary(counts: Mapping[str, int]) -> dict[str, Any]:
     hits, misses = counts.get("hits", 0), counts.get("misses", 0)
     lookups = hits + misses
     return {"hits": hits, "misses": misses, "saved_fraction": hits / lookups if lookups else None}
+
+
+def stream_cache_off(data: Any, augment: bool) -> str | None:
+    """Why the cache is off for ``data``, or None when it is exact.
+
+    A streamed training pipeline with a random transform (RandomResizedCrop, ColorJitter,
+    RandAugment...) draws its views from a continuum, so (sample, view) names no finite set of
+    images: the cache is off for it. A deterministic streamed pipeline has one view per sample,
+    and the data fingerprint (which holds the pipelines) keys it.
+    """
+    if not isinstance(data, StreamSplits) or not augment:
+        return None
+    train = data.transforms.get("train")
+    if not is_random(train):
+        return None
+    return (
+        "the streamed training pipeline draws random views (data.transforms.train), so no "
+        "finite set of (sample, view) keys names the images the teacher sees; the teacher "
+        "runs online"
+    )
