@@ -28,7 +28,8 @@ def model_params(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def teacher_configs(cfg: DictConfig) -> list[DictConfig]:
     """``teachers`` as full model nodes (registry defaults filled in); ``[teacher]`` if null.
-    A tabular-teacher preset name (``hgb``) stands for its ``teacher=`` node."""
+    A tabular-teacher preset name (``hgb``, or ``{arch: hgb, seed: 0}``) stands for its
+    ``teacher=`` node, with the entry's keys over it."""
     entries = cfg.get("teachers")
     if entries is None:
         entries = [cfg.teacher]
@@ -39,10 +40,10 @@ def teacher_configs(cfg: DictConfig) -> list[DictConfig]:
         )
     nodes = []
     for entry in entries:
-        if isinstance(entry, str) and entry in TABULAR_TEACHERS:
-            nodes.append(OmegaConf.create(tabular_teacher_node(entry)))
-            continue
         node: dict[str, Any] = {"arch": entry} if isinstance(entry, str) else dict(entry)
+        if node["arch"] in TABULAR_TEACHERS:
+            nodes.append(OmegaConf.merge(tabular_teacher_node(node.pop("arch")), node))
+            continue
         given = str(node["arch"]).startswith(GIVEN_PREFIX)
         defaults = (
             {}
