@@ -12,7 +12,7 @@ open by design:
 - a node with ``_target_``: the arguments of what it instantiates;
 - ``callbacks``: a callback of any name with a ``_target_`` (checked when instantiated);
 - ``method``: the arguments of the method's class;
-- ``data``: the keys any ``conf/data`` option of the same source (``name``) defines;
+- ``data``: the keys any ``conf/data`` option of the same source (``source`` or ``name``) defines;
 - the top level: a variable that an interpolation elsewhere in the config reads.
 """
 
@@ -135,7 +135,8 @@ def _accepted(node: DictConfig, parent: str) -> tuple[set[str] | None, str] | No
         if method is not None:
             return _arguments(method), f" (or an argument of method '{node.name}')"
     if parent == "data":
-        return _data_keys(node.get("name")), f" (or a key of a conf/data option of {node.name})"
+        source = node.get("source") or node.get("name")
+        return _data_keys(source), f" (or a key of a conf/data option of {source})"
     return None
 
 
@@ -153,7 +154,10 @@ def _data_keys(source: Any) -> set[str]:
     keys: set[str] = set()
     for path in sorted((config_dir() / "data").glob("*.yaml")):
         option = OmegaConf.load(path)
-        if isinstance(option, DictConfig) and option.get("name") == source:
+        if (
+            isinstance(option, DictConfig)
+            and (option.get("source") or option.get("name")) == source
+        ):
             keys |= set(option)
     return keys
 

@@ -54,7 +54,7 @@ def test_every_preset_names_a_source_and_resolves() -> None:
     for preset in presets:
         cfg = OmegaConf.merge({"paths": paths}, {"data": OmegaConf.load(preset)})
         data = OmegaConf.to_container(cfg.data, resolve=True)
-        assert data["name"] in SOURCE_TABLE, preset.name
+        assert (data.get("source") or data["name"]) in SOURCE_TABLE, preset.name
         if preset.stem == "letter":
             assert data["path"] == "/s/tabular/letter.csv"
 

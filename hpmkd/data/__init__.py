@@ -20,8 +20,9 @@ def load_data(cfg: Mapping) -> DataSplits:
     """Load the dataset ``cfg.name`` with the options in ``cfg`` (a DictConfig or a dict).
 
     Raises UserError for an unknown name, missing files or failed downloads, before any training.
+    Sources whose ``name`` names the data itself (``hf``: a hub id) are picked by ``cfg.source``.
     """
-    name = cfg.get("name")
+    name = cfg.get("source") or cfg.get("name")
     if name is None:
         raise UserError(f"data.name is not set; valid: {', '.join(list_datasets())}")
     return source_loader(str(name))(cfg)

@@ -27,10 +27,20 @@ def open_torchvision(cfg: Mapping, class_name: str, local_copy: str) -> tuple[An
     import torchvision.datasets  # slow to import: only for the datasets that need it
 
     dataset_class = getattr(torchvision.datasets, class_name)
-    name, root = cfg["name"], dataset_root(cfg)
     download = bool(option(cfg, "download", True))
+    return tuple(
+        open_split(cfg, dataset_class, {"train": t, "download": download}, local_copy)
+        for t in (True, False)
+    )
+
+
+def open_split(cfg: Mapping, dataset_class: type, kwargs: dict, local_copy: str) -> Any:
+    """``dataset_class(root, **kwargs)``; a failed download or missing files raise the one-line
+    UserError of ``open_torchvision``."""
+    name, root = cfg["name"], dataset_root(cfg)
+    download = bool(kwargs.get("download", False))
     try:
-        return tuple(dataset_class(str(root), train=t, download=download) for t in (True, False))
+        return dataset_class(str(root), **kwargs)
     except (OSError, RuntimeError) as err:
         if download:
             raise UserError(

@@ -1,0 +1,92 @@
+"""Splits from a library's own datasets (``hf``, ``torchvision``): their normalisation, and
+StreamSplits from three ready Datasets (the transforms checked, the input shape measured)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import torch
+from torch.utils.data import Dataset
+
+from hpmkd.data.stream import StreamSplits
+from hpmkd.data.stream_transforms import pipelines
+from hpmkd.errors import UserError
+
+from ._common import option
+from ._files import sample_stats
+from ._images import channel_stats
+
+log = logging.getLogger("hpmkd")
+
+# training images (after the eval transform) the normalisation statistics are estimated on
+STATS_SAMPLE = 256
+
+
+def normalisation(
+    cfg: Mapping, x_train: torch.Tensor, name: str
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``data.normalize`` when it gives mean and std, else computed on the uint8 NCHW training
+    split (logged)."""
+    normalize = option(cfg, "normalize", {}) or {}
+    mean, std = normalize.get("mean"), normalize.get("std")
+    if mean is None or std is None:
+        mean, std = channel_stats(x_train)
+        log.info(
+            "data '%s': normalisation computed on the training split: mean %s std %s",
+            name,
+            [round(v, 4) for v in mean],
+            [round(v, 4) for v in std],
+        )
+    if len(mean) != x_train.shape[1] or len(std) != x_train.shape[1]:
+        raise UserError(
+            f"data.normalize needs {x_train.shape[1]} mean and std values, got mean={list(mean)} "
+            f"std={list(std)}"
+        )
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def ready_stream_splits(
+    cfg: Mapping,
+    splits: Mapping[str, Dataset],
+    class_names: list[str],
+    *,
+    identity: dict,
+    name: str,
+) -> StreamSplits:
+    """StreamSplits over ``splits`` (``train``/``val``/``test``) with ``data.transforms``;
+    ``data.normalize`` mean/std, or both estimated on training images (logged)."""
+    transforms = dict(option(cfg, "transforms", {}) or {})
+    eval_pipeline = pipelines(transforms)["eval"]
+    first = eval_pipeline(splits["train"][0][0])
+    normalize = option(cfg, "normalize", {}) or {}
+    mean, std = normalize.get("mean"), normalize.get("std")
+    if mean is None or std is None:
+        seed = int(option(cfg, "split_seed", 0))
+        mean, std = sample_stats(splits["train"], eval_pipeline, STATS_SAMPLE, seed)
+        log.info(
+            "data '%s': normalisation estimated on %d of %d training images: mean %s std %s",
+            name,
+            min(STATS_SAMPLE, len(splits["train"])),
+            len(splits["train"]),
+            [round(v, 4) for v in mean],
+            [round(v, 4) for v in std],
+        )
+    if len(mean) != first.shape[0] or len(std) != first.shape[0]:
+        raise UserError(
+            f"data.normalize needs {first.shape[0]} mean and std values for {first.shape[0]}-"
+            f"channel images, got mean={list(mean)} std={list(std)}"
+        )
+    return StreamSplits(
+        name=name,
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        num_classes=len(class_names),
+        class_names=list(class_names),
+        identity=identity,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        transforms=transforms,
+        input_shape=tuple(first.shape),
+    )
