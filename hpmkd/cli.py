@@ -1,4 +1,4 @@
-"""`hpmkd <command>`: train (a Hydra app), models, store."""
+"""`hpmkd <command>`: train (a Hydra app), models, store, report, acm, export, bench."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ commands:
   store    list (ls) or prune (gc) the shared store of trained models and the run history
   report   tables (mean +- std over seeds) from finished runs
   acm      what HPM-KD's configuration manager would choose for a setting (train overrides)
+  export   a run's student as ONNX, TorchScript or torch.export files for raw inputs; a card
+  bench    latency and throughput of a run's student and teacher (or of a zoo model)
 """
 
 
@@ -280,7 +282,101 @@ def acm(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": train, "models": models, "store": store, "report": report, "acm": acm}
+def export(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hpmkd export",
+        description="Export a run's student with its input preprocessing and class names baked "
+        "in (raw uint8 images or raw table rows in, probabilities out), and a model_card.md.",
+    )
+    parser.add_argument("run_dir", help="a finished run directory")
+    parser.add_argument("--format", default="onnx", help="onnx, torchscript, exported or all")
+    parser.add_argument(
+        "--quantize",
+        choices=["dynamic", "static", "none"],
+        default="none",
+        help="int8: dynamic (Linear layers; TorchScript file) or static "
+        "(onnxruntime, calibrated on training rows); accuracy before and after",
+    )
+    parser.add_argument("--out", default=None, help="output directory (default: <run>/export)")
+    parser.add_argument(
+        "--check-test",
+        action="store_true",
+        help="load the run's data and check the files on the test split",
+    )
+    opts = parser.parse_args(args)
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from hpmkd.deploy.artefacts import export_run, parse_formats
+
+    formats = parse_formats(opts.format)
+    record = export_run(
+        Path(opts.run_dir),
+        formats,
+        opts.quantize,
+        Path(opts.out) if opts.out else None,
+        use_data=opts.check_test,
+    )
+    console = Console()
+    for entry in record["files"].values():
+        console.print(
+            f"{entry['path']}: {entry['bytes']:,} bytes, max difference to PyTorch "
+            f"{entry['max_diff']:.2g} on {record['check_rows']} {record['checked_on']}"
+        )
+    if quantized := record["quantized"]:
+        console.print(
+            f"{quantized['path']}: int8 ({quantized['mode']}), test accuracy "
+            f"{quantized['acc_before']:.2f} % -> {quantized['acc_after']:.2f} %"
+        )
+    console.print(f"model card: {record['card']}")
+    return 0
+
+
+def bench(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hpmkd bench",
+        description="Latency (batch 1: p50, p95) and throughput (--batch) of a run's student and "
+        "teacher, or of a zoo model, in eager PyTorch and each exported format.",
+    )
+    parser.add_argument("target", help="a finished run directory, or a model of `hpmkd models`")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--batch", type=int, default=64, help="batch size for throughput")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--repeats", type=int, default=50, help="timed calls at batch 1")
+    parser.add_argument(
+        "--runtimes",
+        default="all",
+        help="eager, onnx (onnxruntime), torchscript, exported; comma-separated or all",
+    )
+    parser.add_argument("--input-shape", default="3,32,32", help="a zoo model's per-sample shape")
+    parser.add_argument("--classes", type=int, default=10, help="a zoo model's classes")
+    opts = parser.parse_args(args)
+    if opts.batch < 1 or opts.repeats < 1 or (opts.threads is not None and opts.threads < 1):
+        raise UserError("--batch, --repeats and --threads must be positive integers")
+    from rich.console import Console
+
+    from hpmkd.deploy.bench import bench as run_bench
+    from hpmkd.deploy.bench_table import bench_table, parse_runtimes
+
+    record = run_bench(
+        opts.target,
+        runtimes=parse_runtimes(opts.runtimes),
+        batch=opts.batch,
+        device=opts.device,
+        threads=opts.threads,
+        repeats=opts.repeats,
+        input_shape=tuple(int(v) for v in opts.input_shape.split(",")),
+        classes=opts.classes,
+    )
+    Console().print(bench_table(record))
+    return 0
+
+
+COMMANDS = {
+    "train": train, "models": models, "store": store, "report": report, "acm": acm,
+    "export": export, "bench": bench,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

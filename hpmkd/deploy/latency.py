@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,3 +57,15 @@ def measure(
         "throughput": float(batch_size / np.median(big)),
         "batch": batch_size,
     }
+
+
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``), or what the platform module knows: bench records
+    name the machine their figures hold for."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

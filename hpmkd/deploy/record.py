@@ -45,8 +45,12 @@ def _cost(model: nn.Module, data: DataSplits, bench: bool) -> dict[str, Any]:
         batch = torch.zeros((64, *data.input_shape))
         with torch.no_grad():
             timed = measure(model, one, batch, 64)
-        cost |= {"latency_ms": timed["p50_ms"], "latency_p95_ms": timed["p95_ms"],
-                 "throughput": timed["throughput"], "threads": torch.get_num_threads()}  # fmt: skip
+        cost |= {
+            "latency_ms": timed["p50_ms"],
+            "latency_p95_ms": timed["p95_ms"],
+            "throughput": timed["throughput"],
+            "threads": torch.get_num_threads(),
+        }
     return cost
 
 

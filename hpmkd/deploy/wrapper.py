@@ -86,3 +86,18 @@ def raw_inputs(contract: dict[str, Any], x: torch.Tensor) -> torch.Tensor:
     n = len(table["mean"])
     mean, scale = torch.tensor(table["mean"]), torch.tensor(table["scale"])
     return torch.cat([x[:, :n] * scale + mean, x[:, n:]], dim=1).float()
+
+
+def example_inputs(contract: dict[str, Any], rows: int, seed: int = 0) -> torch.Tensor:
+    """Raw inputs of the contract's kind: random uint8 images, or table rows around the training
+    mean (one scale wide)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (rows, *contract["input_shape"])
+    if contract["input"]["kind"] == "image":
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    x = torch.randn(shape, generator=generator)
+    table = contract["input"].get("transform") or {}
+    if table.get("mean"):
+        n = len(table["mean"])
+        x[:, :n] = x[:, :n] * torch.tensor(table["scale"]) + torch.tensor(table["mean"])
+    return x

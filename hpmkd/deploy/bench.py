@@ -1,0 +1,211 @@
+"""``hpmkd bench``: latency and throughput of a run's student and teacher (or of one zoo model)
+in eager PyTorch and in each exported format, on CPU or CUDA; ``bench.json`` in the run dir."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpmkd.deploy.cost import flops, state_size
+from hpmkd.deploy.evaluation import run_results
+from hpmkd.deploy.export import FORMATS, export, onnx_session
+from hpmkd.deploy.latency import cpu_name, measure
+from hpmkd.deploy.wrapper import Deployable, example_inputs, load_deployable, load_model
+from hpmkd.errors import UserError
+from hpmkd.io import write_json_atomic
+from hpmkd.models import count_parameters
+
+log = logging.getLogger("hpmkd")
+
+BENCH_FILE = "bench.json"
+RUNTIMES = ("eager", *FORMATS)  # "onnx" runs on onnxruntime
+
+
+def read_bench(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / BENCH_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _runner(
+    runtime: str, model: Deployable, example: torch.Tensor, tmp: Path, device: str, threads: int
+) -> tuple[Callable[[torch.Tensor], Any], int]:
+    """A function running a raw batch on ``runtime``, and the bytes of its file."""
+    if runtime == "eager":
+        module = model.to(device)
+        return _no_grad(module), state_size(model.model)
+    path = export(model.cpu(), example, tmp / f"{id(model)}", runtime, {})
+    size = path.stat().st_size
+    if runtime == "onnx":
+        session = onnx_session(path, threads, device)
+        return (lambda x: session.run(None, {"input": x.cpu().numpy()})[0]), size
+    if runtime == "torchscript":
+        module = torch.jit.load(str(path), map_location=device)
+    else:
+        module = torch.export.load(str(path)).module().to(device)
+    return _no_grad(module), size
+
+
+def _no_grad(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], Any]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(x)
+
+    return run
+
+
+def bench_model(
+    role: str,
+    model: Deployable,
+    contract: dict[str, Any],
+    *,
+    runtimes: list[str],
+    batch: int,
+    device: str,
+    threads: int,
+    repeats: int,
+) -> list[dict[str, Any]]:
+    one, many = example_inputs(contract, 1), example_inputs(contract, batch, seed=1)
+    base = {
+        "model": role,
+        "arch": contract["arch"],
+        "params": count_parameters(model.model),
+        "flops": flops(model.model.eval(), _model_input(model, one)),
+    }
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for runtime in runtimes:
+            run, size = _runner(runtime, model, many[:2], Path(tmp), device, threads)
+            timed = measure(
+                run,
+                one.to(device),
+                many.to(device),
+                batch,
+                repeats=repeats,
+                warmup=max(3, repeats // 5),
+                device=device,
+            )
+            rows.append(base | {"runtime": runtime, "size_bytes": size} | timed)
+            log.info("%s %s: p50 %.3f ms", role, runtime, timed["p50_ms"])
+    return rows
+
+
+def _model_input(model: Deployable, raw: torch.Tensor) -> torch.Tensor:
+    """What the inner model sees for ``raw`` (the wrapper's preprocessing, without softmax)."""
+    captured: list[torch.Tensor] = []
+    handle = model.model.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    try:
+        with torch.no_grad():
+            model(raw)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def _teacher(run_dir: Path, results: dict[str, Any], contract: dict[str, Any]) -> nn.Module | None:
+    """The run's teacher as a torch model with its weights, when the run's config names it."""
+    from hpmkd.models import load_weights
+    from hpmkd.store import ArtifactStore
+
+    record, config = results.get("teacher"), results["config"]
+    node = config.get("teacher") or {}
+    if not record or node.get("arch") != record["arch"] or config.get("teachers") is not None:
+        return None
+    spec = contract | {"arch": node["arch"], "params": node.get("params") or {}}
+    model = load_model(spec, None)
+    extra = record.get("extra") or {}
+    if extra.get("checkpoint"):
+        weights = extra["checkpoint"]
+    elif extra.get("store_key"):
+        artifact = ArtifactStore(config["store"]["root"]).get(extra["store_key"])
+        weights = str(artifact.model_file) if artifact else None
+    else:
+        weights = None
+    if weights and Path(weights).is_file():
+        load_weights(model, weights, source=weights, prefix=node.get("checkpoint_prefix"))
+    else:
+        log.info("teacher %s: weights not found, timed with initial weights", record["arch"])
+    return model.eval()
+
+
+def spec_contract(name: str, input_shape: tuple[int, ...], classes: int) -> dict[str, Any]:
+    """A zoo model's stand-in contract: uint8 images (no normalisation) or float rows."""
+    image = len(input_shape) == 3
+    kind = {"kind": "image", "mean": [0.0], "std": [1.0]} if image else {"kind": "table"}
+    return {
+        "arch": name,
+        "params": {},
+        "num_classes": classes,
+        "input_shape": list(input_shape),
+        "class_names": [str(i) for i in range(classes)],
+        "data": "none",
+        "input": kind,
+    }
+
+
+def bench(
+    target: str,
+    *,
+    runtimes: list[str],
+    batch: int = 64,
+    device: str = "cpu",
+    threads: int | None = None,
+    repeats: int = 50,
+    input_shape: tuple[int, ...] = (3, 32, 32),
+    classes: int = 10,
+) -> dict[str, Any]:
+    """Bench a run directory (student, and teacher when it is a torch model of the config; a
+    scikit-learn teacher's recorded cost is carried over) or a zoo model name; a run's record
+    is written to ``<run>/bench.json``."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: this machine has no CUDA device")
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    options = {
+        "runtimes": runtimes,
+        "batch": batch,
+        "device": device,
+        "threads": threads,
+        "repeats": repeats,
+    }
+    path = Path(target)
+    if path.is_dir():
+        results = run_results(path)
+        student, contract = load_deployable(path)
+        rows = bench_model("student", student, contract, **options)
+        teacher_model = _teacher(path, results, contract)
+        if teacher_model is not None:
+            rows += bench_model(
+                "teacher",
+                Deployable(teacher_model, contract),
+                contract | {"arch": results["teacher"]["arch"]},
+                **options,
+            )
+        sklearn_cost = ((results.get("teacher") or {}).get("extra") or {}).get("cost")
+    else:
+        contract = spec_contract(target, input_shape, classes)
+        rows = bench_model(
+            target, Deployable(load_model(contract, None), contract), contract, **options
+        )
+        sklearn_cost, results = None, None
+    machine = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
+    record = {
+        "target": target,
+        "device": device,
+        "machine": machine,
+        "threads": threads,
+        "batch": batch,
+        "repeats": repeats,
+        "rows": rows,
+        "teacher_cost": sklearn_cost,
+    }
+    if results is not None:
+        write_json_atomic(path / BENCH_FILE, record)
+    return record
