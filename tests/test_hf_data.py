@@ -18,7 +18,7 @@ from hpmkd.errors import UserError
 datasets = pytest.importorskip("datasets")
 Image = pytest.importorskip("PIL.Image")
 
-from conftest import TINY  # noqa: E402
+from tests.conftest import TINY  # noqa: E402
 
 CLASSES = ["cat", "dog", "owl"]
 
@@ -161,13 +161,20 @@ def test_bad_input_gives_one_line(tmp_path: Path, image_dir: Path, monkeypatch) 
         assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("method", ["kd", "at"])
-def test_distillation_end_to_end_on_a_saved_image_dataset(run_cli, image_dir, method) -> None:
+STREAMED = ("data.stream=true", "data.workers=0", "data.transforms.train=[RandomHorizontalFlip]",
+            "data.transforms.eval=[]")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("kd", ()), ("at", ()), ("at", STREAMED)], ids=["kd", "at", "at-stream"]
+)
+def test_distillation_end_to_end_on_a_saved_image_dataset(run_cli, image_dir, method, path):
     run = run_cli(
         "train", "+strategy=kd", f"method={method}", "data=hf", f"data.name={image_dir}",
-        "teacher=resnet8", "student=resnet8", "recipe.epochs=1", *TINY,
+        "teacher=resnet8", "student=resnet8", "recipe.epochs=1", *path, *TINY,
     )  # fmt: skip
     assert run.code == 0, run.err
     (results,) = run.results()
     assert results["method"] == method and results["data"]["name"] == "shapes"
     assert results["data"]["train"] == 81 and results["data"]["test"] == 30
+    assert results["data"]["input_shape"] == [3, 16, 16]

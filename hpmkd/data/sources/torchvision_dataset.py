@@ -83,7 +83,7 @@ def _open(cfg: Mapping, cls: type) -> dict[str, Dataset]:
     extra = dict(option(cfg, "kwargs", {}) or {})
     if "download" in accepts:
         extra["download"] = bool(option(cfg, "download", True))
-    where = f"the files torchvision.datasets.{cls.__name__} expects"
+    where = f"{cls.__name__} files (as torchvision lays them out)"
     out = {}
     for split, arguments in split_arguments(cls).items():
         try:
