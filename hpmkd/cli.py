@@ -369,7 +369,9 @@ def bench(args: list[str]) -> int:
         input_shape=tuple(int(v) for v in opts.input_shape.split(",")),
         classes=opts.classes,
     )
-    Console().print(bench_table(record))
+    console = Console()
+    console.width = max(console.width, 110)  # ten numeric columns: no folding in narrow pipes
+    console.print(bench_table(record))
     return 0
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from hpmkd.deploy.cost import flops, state_size
 from hpmkd.deploy.evaluation import run_results
-from hpmkd.deploy.export import FORMATS, export, onnx_session
+from hpmkd.deploy.export import FORMATS, export, onnx_session, quiet_torchscript
 from hpmkd.deploy.latency import cpu_name, measure
 from hpmkd.deploy.wrapper import Deployable, example_inputs, load_deployable, load_model
 from hpmkd.errors import UserError
@@ -46,7 +46,8 @@ def _runner(
         session = onnx_session(path, threads, device)
         return (lambda x: session.run(None, {"input": x.cpu().numpy()})[0]), size
     if runtime == "torchscript":
-        module = torch.jit.load(str(path), map_location=device)
+        with quiet_torchscript():
+            module = torch.jit.load(str(path), map_location=device)
     else:
         module = torch.export.load(str(path)).module().to(device)
     return _no_grad(module), size
@@ -117,9 +118,11 @@ def _teacher(run_dir: Path, results: dict[str, Any], contract: dict[str, Any]) -
     node = config.get("teacher") or {}
     if not record or node.get("arch") != record["arch"] or config.get("teachers") is not None:
         return None
+    extra = record.get("extra") or {}
+    if "cost" in extra:  # a scikit-learn teacher: its recorded cost is shown instead
+        return None
     spec = contract | {"arch": node["arch"], "params": node.get("params") or {}}
     model = load_model(spec, None)
-    extra = record.get("extra") or {}
     if extra.get("checkpoint"):
         weights = extra["checkpoint"]
     elif extra.get("store_key"):
@@ -192,7 +195,7 @@ def bench(
     else:
         contract = spec_contract(target, input_shape, classes)
         rows = bench_model(
-            target, Deployable(load_model(contract, None), contract), contract, **options
+            "model", Deployable(load_model(contract, None), contract), contract, **options
         )
         sklearn_cost, results = None, None
     machine = torch.cuda.get_device_name() if device == "cuda" else cpu_name()

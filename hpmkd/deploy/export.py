@@ -46,14 +46,14 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: d
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict) -> Path:
     files = {f"{METADATA_KEY}.json": json.dumps(metadata)}
-    with _quiet_torchscript():
+    with quiet_torchscript():
         traced = torch.jit.trace(model, (example,), check_trace=False)
         write_atomic(path, lambda tmp: torch.jit.save(traced, str(tmp), _extra_files=files))
     return path
 
 
 @contextmanager
-def _quiet_torchscript() -> Iterator[None]:
+def quiet_torchscript() -> Iterator[None]:
     """TorchScript's deprecation notices, not news to a user who asked for TorchScript."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -105,7 +105,7 @@ def loader(
         session = onnx_session(path, threads)
         return lambda x: session.run(None, {"input": x.numpy()})[0]
     if fmt == "torchscript":
-        with _quiet_torchscript():
+        with quiet_torchscript():
             module = torch.jit.load(str(path))
     else:
         module = torch.export.load(str(path)).module()

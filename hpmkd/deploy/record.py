@@ -75,12 +75,14 @@ def run_cost(
     if teacher is None:
         return {"student": student, "teacher": None}
     node = cfg.get("teacher")
-    if node is not None and node.get("arch") == teacher.arch and cfg.get("teachers") is None:
+    recorded = teacher.extra.get("cost")  # a scikit-learn teacher measured its own
+    torch_teacher = node is not None and node.get("arch") == teacher.arch and not recorded
+    if torch_teacher and cfg.get("teachers") is None:
         try:
             teacher_cost = _cost(_build(node, data, given), data, bench)
         except Exception as err:  # noqa: BLE001 - a result already earned is not lost over it
             log.warning("cost: could not measure the teacher %s: %s", teacher.arch, err)
             teacher_cost = {"params": teacher.params}
     else:
-        teacher_cost = {"params": teacher.params} | dict(teacher.extra.get("cost") or {})
+        teacher_cost = {"params": teacher.params} | dict(recorded or {})
     return {"student": student, "teacher": teacher_cost}
