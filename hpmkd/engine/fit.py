@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,11 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, R
 from lightning.pytorch.loggers import Logger
 
 from hpmkd.data.loader import SplitsDataModule, split_size
+from hpmkd.engine.fused import FusedEpochs, fused_refusal
 from hpmkd.engine.module import DistillModule
 from hpmkd.errors import UserError
+
+log = logging.getLogger("hpmkd")
 
 # Trainer arguments that spread a fit over several processes
 DISTRIBUTED_KEYS = ("strategy", "devices", "num_nodes", "sync_batchnorm")
@@ -203,6 +209,42 @@ def per_rank(datamodule: SplitsDataModule, world_size: int) -> SplitsDataModule:
     return datamodule.with_batch_size(batch_size)
 
 
+@contextmanager
+def cpu_without_nvml_probe(trainer: L.Trainer) -> Iterator[None]:
+    """Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` on import; on a machine without NVML,
+    torch then looks for the library again at every Adam step (``torch.cuda.is_available``,
+    about 0.1 ms each, more than a small model's step). A fit on the CPU there probes CUDA
+    the ordinary way, which finds no driver and initialises nothing."""
+    name = "PYTORCH_NVML_BASED_CUDA_CHECK"
+    probe = os.environ.get(name)
+    if probe != "1" or trainer.strategy.root_device.type != "cpu" or nvml_available():
+        yield
+        return
+    del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ[name] = probe
+
+
+@cache
+def nvml_available() -> bool:
+    return torch.cuda._device_count_nvml() >= 0
+
+
+def fit_data(
+    module: DistillModule, datamodule: L.LightningDataModule, trainer: L.Trainer
+) -> L.LightningDataModule:
+    """The data module ``trainer.fit`` gets: fused epochs where they give the same results
+    (``engine/fused.py``), else ``datamodule`` with each rank's share of the batch."""
+    refusal = fused_refusal(datamodule, trainer, trainer.callbacks)
+    module.use_fused_epochs(refusal is None)
+    if refusal is None:
+        return FusedEpochs(datamodule)  # type: ignore[arg-type]
+    log.debug("per-batch loop: %s", refusal)
+    return per_rank(datamodule, trainer.world_size)
+
+
 def fit(
     module: DistillModule,
     datamodule: SplitsDataModule,
@@ -225,7 +267,8 @@ def fit(
         loggers=loggers,
         callbacks=[history, *callbacks],
     )
-    trainer.fit(module, datamodule=per_rank(datamodule, trainer.world_size), ckpt_path=ckpt_path)
+    with cpu_without_nvml_probe(trainer):
+        trainer.fit(module, datamodule=fit_data(module, datamodule, trainer), ckpt_path=ckpt_path)
     # testing the best checkpoint restores callback states too: keep the full history first
     val_history, curves = list(history.val_acc), dict(history.curves)
     train_time, start_epoch = history.train_time_s(), history.start_epoch
@@ -278,4 +321,5 @@ def fit_init_stage(
         has_val=False,
         callbacks=callbacks,
     )
-    trainer.fit(module, datamodule=per_rank(datamodule, trainer.world_size), ckpt_path=ckpt_path)
+    with cpu_without_nvml_probe(trainer):
+        trainer.fit(module, datamodule=fit_data(module, datamodule, trainer), ckpt_path=ckpt_path)

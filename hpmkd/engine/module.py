@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from hpmkd.data.augment import BatchTransform
+from hpmkd.engine.fused import EpochBatches
 from hpmkd.engine.perf import channels_last_input
 from hpmkd.engine.teacher_cache import CachedTeacher, ViewCache
 from hpmkd.methods.base import DistillMethod, ModelOutputs
@@ -107,6 +108,7 @@ class DistillModule(L.LightningModule):
             # teacher_cache: logits per (sample, view) from the shared cache, misses computed online
             self.teacher = online if teacher_cache is None else CachedTeacher(online, teacher_cache)
         self.student_tap: FeatureTap | None = None
+        self.fused_epochs = False  # set by fit: the train loader yields one EpochBatches per epoch
         self._epoch_sums: dict[str, Tensor] = {}
         self._loss_terms: set[str] = set()
         self._epoch_samples = 0
@@ -153,7 +155,26 @@ class DistillModule(L.LightningModule):
         """The transformed batch in the memory format the models run fastest in."""
         return channels_last_input(x) if self.channels_last else x
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+    def use_fused_epochs(self, on: bool) -> None:
+        """The fused epoch loop (``engine/fused.py``, manual optimisation) or Lightning's own."""
+        self.fused_epochs = on
+        self.automatic_optimization = not on
+
+    def training_step(self, batch: Batch | EpochBatches, batch_idx: int) -> Tensor | None:
+        if isinstance(batch, EpochBatches):
+            return self._fused_epoch(batch)
+        return self._step(batch)
+
+    def _fused_epoch(self, epoch: EpochBatches) -> None:
+        """Every batch of the epoch, stepped as Lightning's automatic optimisation would."""
+        optimizer = self.optimizers()
+        for index in epoch.batches:
+            loss = self._step((epoch.x[index], epoch.y[index], index))
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+
+    def _step(self, batch: Batch) -> Tensor:
         x, y, index = batch
         x, view = self.transform.augment(x)
         x = self.memory_format(x)
@@ -190,6 +211,8 @@ class DistillModule(L.LightningModule):
         return {term: float(means[term]) for term in self._loss_terms if term in means}
 
     def on_train_epoch_end(self) -> None:
+        if self.fused_epochs and (scheduler := self.lr_schedulers()) is not None:
+            scheduler.step()  # manual optimisation: Lightning steps no scheduler itself
         for term, mean in self.epoch_means().items():
             self.log(f"train/{term}", mean, prog_bar=term == "loss")
         self._epoch_sums, self._epoch_samples = {}, 0

@@ -1,0 +1,110 @@
+"""The fused epoch loop: one Lightning training step per epoch for in-memory tabular data.
+
+For models of a few thousand parameters Lightning's per-batch machinery (hooks, closures,
+progress, the optimisation loop) costs more than the batch's arithmetic. With the fused loop the
+train loader yields one item per epoch, ``EpochBatches``: the split's tensors and the epoch's
+batches of sample indices, drawn exactly as ``DataLoader(shuffle=True)`` draws them (the same
+global-RNG calls in the same order). ``DistillModule`` then runs every batch of the epoch inside
+one ``training_step`` with manual optimisation: the same optimiser steps, the scheduler stepped
+at the epoch's end, and validation, checkpoints and every epoch hook of every callback as before.
+The same seed gives the same weights and curves as Lightning's per-batch loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+
+from hpmkd.data.loader import SplitsDataModule
+from hpmkd.data.splits import DataSplits
+
+
+@dataclass
+class EpochBatches:
+    """One epoch: the training split and its batches (sample indices, in training order)."""
+
+    x: Tensor
+    y: Tensor
+    batches: list[Tensor]
+
+
+class _OneEpoch(Dataset):
+    """A dataset of one item, drawn anew each epoch: the whole epoch's batches."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, item: int) -> EpochBatches:
+        # RandomSampler draws its seed from the global RNG, as the shuffled loader does
+        order = BatchSampler(RandomSampler(range(len(self.y))), self.batch_size, drop_last=False)
+        batches = [torch.as_tensor(b, dtype=torch.long, device=self.x.device) for b in order]
+        return EpochBatches(self.x, self.y, batches)
+
+
+class FusedEpochs(L.LightningDataModule):
+    """``inner``'s data module with a training loader of one ``EpochBatches`` per epoch."""
+
+    def __init__(self, inner: SplitsDataModule) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def setup(self, stage: str) -> None:
+        self.inner.trainer = self.trainer
+        self.inner.setup(stage)
+
+    def train_dataloader(self) -> DataLoader:
+        held = self.inner.held
+        epoch = _OneEpoch(held.x_train, held.y_train, self.inner.batch_size)
+        return DataLoader(epoch, batch_size=None, collate_fn=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.inner.val_dataloader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self.inner.test_dataloader()
+
+
+_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+
+
+def fused_refusal(
+    datamodule: L.LightningDataModule, trainer: L.Trainer, callbacks: Sequence[Callback]
+) -> str | None:
+    """Why the fused loop cannot give this fit's exact results (None: it can)."""
+    if type(datamodule) is not SplitsDataModule or not isinstance(datamodule.splits, DataSplits):
+        return "the data is not an in-memory split"
+    if datamodule.splits.is_image:
+        return "image data (per-batch progress)"
+    if trainer.world_size > 1:
+        return "several processes"
+    if trainer.gradient_clip_val or trainer.accumulate_grad_batches != 1:
+        return "gradient clipping or accumulation"
+    if trainer.max_steps != -1 or trainer.limit_train_batches != 1.0:
+        return "a step or batch limit"
+    if trainer.val_check_interval != 1.0:
+        return "validation within epochs"
+    for callback in callbacks:
+        if isinstance(callback, ProgressBar) or _per_epoch_checkpoint(callback):
+            continue
+        kind = type(callback)
+        if any(getattr(kind, hook) is not getattr(Callback, hook) for hook in _BATCH_HOOKS):
+            return f"{type(callback).__name__} has per-batch hooks"
+    return None
+
+
+def _per_epoch_checkpoint(callback: Callback) -> bool:
+    """A ModelCheckpoint that saves per epoch only (its batch hook does nothing then)."""
+    return (
+        isinstance(callback, ModelCheckpoint)
+        and not callback._every_n_train_steps
+        and callback._train_time_interval is None
+    )
