@@ -27,6 +27,8 @@ def _row(results: dict, path: Path) -> dict:
         teacher = results.get("teacher") or {}
         student = results["student"]
         details = results.get("details") or {}
+        cost = results.get("cost") or {}
+        student_cost, teacher_cost = cost.get("student") or {}, cost.get("teacher") or {}
         settings = flat_settings(config | _perf(results))
         return {
             "data": results["data"]["name"],
@@ -47,6 +49,11 @@ def _row(results: dict, path: Path) -> dict:
             "compression_ratio": results.get("compression_ratio"),
             "student_params": student["params"],
             "extra_params": student.get("extra_params", 0),
+            # deployment cost (results.json ``cost``; latency only from runs with bench=true)
+            "student_flops": student_cost.get("flops"),
+            "student_latency_ms": student_cost.get("latency_ms"),
+            "teacher_params": teacher_cost.get("params", teacher.get("params")),
+            "teacher_latency_ms": teacher_cost.get("latency_ms"),
             "time_s": _total_time(results),
             "forgetting_pct": _mean(details.get("forgetting_pct")),
             "acm": acm_choice(details),
@@ -72,10 +79,10 @@ def _total_time(results: dict) -> float:
 
 # Not part of a configuration's identity: the seed (rows aggregate over it), which result a
 # sweeper reads, and what changes only where a run writes, how it logs or how fast it runs
-# (data.cache_dir: a decoded copy).
+# (data.cache_dir: a decoded copy), or what it measures besides (bench: latency).
 NOT_IDENTITY = (
     "seed", "resume", "tags", "skip_complete", "teacher_cache", "paths", "logger", "store",
-    "perf", "hydra", "trainer.enable_progress_bar", "optimized_metric",
+    "perf", "hydra", "trainer.enable_progress_bar", "optimized_metric", "bench",
 )  # fmt: skip
 
 

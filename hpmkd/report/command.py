@@ -17,11 +17,13 @@ from hpmkd.report.tables import (
     SET_ASIDE_COLUMNS,
     acm_cell,
     cell,
+    cost_cells,
     format_failures,
     format_latex,
     format_markdown,
     format_set_aside,
     has_acm,
+    has_cost,
     repeats_note,
     summarise,
     with_group_keys,
@@ -60,9 +62,11 @@ def _view(table: pd.DataFrame) -> Table:
         title=f"hpmkd report: {runs} runs, {len(table)} configurations",
         caption=repeats_note(table) or None,
     )
+    cost = has_cost(table)
     columns = ("data", "student", "strategy", "method", "variant", "ratio", "test acc %", "vs CE")
-    for column in (*columns, "n", *(["ACM choice"] if acm else [])):
-        justify = "right" if column in (*columns[5:], "n") else "left"
+    costs = ["FLOPs", "latency ms"] if cost else []
+    for column in (*columns, "n", *costs, *(["ACM choice"] if acm else [])):
+        justify = "right" if column in (*columns[5:], "n", *costs) else "left"
         view.add_column(column, justify=justify, overflow="fold" if column == "variant" else None)
     for row in table.itertuples():
         std = "" if row.n < 2 else f" ± {row.test_acc_std:.2f}"
@@ -70,6 +74,7 @@ def _view(table: pd.DataFrame) -> Table:
         ratio = "" if pd.isna(row.compression_ratio) else f"{row.compression_ratio:.1f}x"
         cells = [row.data, row.student, row.strategy, row.method, row.variant, ratio,
                  f"{row.test_acc_mean:.2f}{std}", vs_ce, str(row.n)]  # fmt: skip
+        cells += cost_cells(row, "")[1:3] if cost else []  # the files have every cost column
         view.add_row(*cells, *([acm_cell(row)] if acm else []))
     return view
 
@@ -77,6 +82,7 @@ def _view(table: pd.DataFrame) -> Table:
 def _write(
     out: Path, runs: pd.DataFrame, table: pd.DataFrame, unreported: str, title: str | None
 ) -> None:
+    from hpmkd.report.pareto import plot_tradeoff
     from hpmkd.report.plots import plot_accuracy_bars, plot_accuracy_vs_ratio, plot_curves
 
     write_text_atomic(out / "summary.md", format_markdown(table) + unreported)
@@ -87,7 +93,11 @@ def _write(
         plot_accuracy_bars(table, out / "accuracy.png", title),
         plot_accuracy_vs_ratio(table, out / "accuracy_vs_ratio.png", title),
         plot_curves(with_group_keys(runs), table, out / "curves.png", title),
-    ]
+        plot_tradeoff(table, "student_latency_ms_mean", out / "accuracy_vs_latency.png",
+                      "student latency ms (CPU, batch 1, p50; bench=true)", title),
+        plot_tradeoff(table, "student_flops", out / "accuracy_vs_flops.png",
+                      "student FLOPs per sample", title),
+    ]  # fmt: skip
     tables = [out / f"summary.{ext}" for ext in ("md", "csv", "tex")]
     written = [*tables, *(f for f in figures if f)]
     print("wrote " + ", ".join(str(p) for p in written))

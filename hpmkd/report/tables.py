@@ -14,7 +14,7 @@ GROUP = ["data", "recipe", "epochs", "teacher", "student", "strategy", "method"]
 KEYS = [*GROUP, "variant", "config"]
 METRICS = [
     "test_acc", "test_acc_last", "acc_best", "acc_last", "teacher_acc", "retention",
-    "forgetting_pct", "time_s",
+    "forgetting_pct", "time_s", "student_latency_ms", "teacher_latency_ms",
 ]  # fmt: skip
 
 
@@ -86,6 +86,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     table["compression_ratio"] = grouped["compression_ratio"].first()
     table["student_params"] = grouped["student_params"].first()
     table["extra_params"] = grouped["extra_params"].first()
+    table["student_flops"] = grouped["student_flops"].first()
+    table["teacher_params"] = grouped["teacher_params"].first()
     # in the order configurations first ran, a repeat's older run included
     table = table.reindex(runs.groupby(KEYS, sort=False).size().index).reset_index()
     same = ["data", "recipe", "epochs", "student", "student_params"]
@@ -103,6 +105,27 @@ HEADERS = [
     "test acc %", "test acc % (last epoch)", "val acc % (best)", "teacher acc %", "retention %",
     "vs CE (pp)", "n", "time s",
 ]  # fmt: skip
+# deployment cost, shown where a run recorded it (results.json ``cost``)
+COST_HEADERS = ["student params", "student FLOPs", "latency ms", "teacher params"]
+COST_COLUMNS = ["student_flops", "student_latency_ms_mean", "teacher_params"]
+
+
+def has_cost(table: pd.DataFrame) -> bool:
+    return any(c in table and bool(table[c].notna().any()) for c in COST_COLUMNS)
+
+
+def cost_cells(row: Any, dash: str) -> list[str]:
+    """student params, FLOPs, latency (mean over seeds, ms) and teacher params."""
+
+    def count(value: float) -> str:
+        return dash if pd.isna(value) else f"{int(value):,}"
+
+    latency = getattr(row, "student_latency_ms_mean", float("nan"))
+    return [
+        count(row.student_params), count(getattr(row, "student_flops", float("nan"))),
+        dash if pd.isna(latency) else f"{latency:.3f}",
+        count(getattr(row, "teacher_params", float("nan"))),
+    ]  # fmt: skip
 
 
 def _cells(row: Any, *, pm: str, times: str, dash: str, text: Callable[[object], str]) -> list[str]:
@@ -134,11 +157,12 @@ def _markdown(rows: list[list[str]], headers: list[str]) -> str:
 def format_markdown(table: pd.DataFrame) -> str:
     """The paper-style view: one line per configuration, accuracies as mean ± std over seeds;
     what ACM chose where HPM-KD rows have it; how many repeated runs were left out."""
-    acm = has_acm(table)
-    headers = [*HEADERS, "ACM choice"] if acm else HEADERS
+    acm, cost = has_acm(table), has_cost(table)
+    headers = [*HEADERS, *(COST_HEADERS if cost else []), *(["ACM choice"] if acm else [])]
     rows = []
     for row in table.itertuples():
         cells = _cells(row, pm=" ± ", times="x", dash="-", text=str)
+        cells += cost_cells(row, "-") if cost else []
         rows.append([*cells, acm_cell(row)] if acm else cells)
     text = _markdown(rows, headers)
     if repeats := repeats_note(table):
@@ -194,10 +218,12 @@ def format_latex(table: pd.DataFrame) -> str:
     """A booktabs table for a paper (pandas' Styler): the columns of the Markdown table, names
     escaped for LaTeX, numbers with ``$\\pm$`` and ``$\\times$``."""
     names = HEADERS[:6]  # the text columns: data ... variant
-    rows = [_cells(row, pm=" $\\pm$ ", times="$\\times$", dash="--", text=str) for row in
-            table.itertuples()]  # fmt: skip
-    frame = pd.DataFrame(rows, columns=HEADERS, dtype=object)
+    cost = has_cost(table)
+    headers = [*HEADERS, *(COST_HEADERS if cost else [])]
+    rows = [_cells(row, pm=" $\\pm$ ", times="$\\times$", dash="--", text=str)
+            + (cost_cells(row, "--") if cost else []) for row in table.itertuples()]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=headers, dtype=object)
     styler = frame.style.hide(axis="index").format(escape="latex", subset=names)
     styler = styler.format_index(escape="latex", axis="columns")
-    column_format = "l" * len(names) + "r" * (len(HEADERS) - len(names))
+    column_format = "l" * len(names) + "r" * (len(headers) - len(names))
     return styler.to_latex(column_format=column_format, hrules=True)
