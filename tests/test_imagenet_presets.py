@@ -62,7 +62,7 @@ def test_imagenet_recipe_and_models() -> None:
     assert recipe["scheduler"]["milestones"] == [30, 60, 90]
     assert recipe["scheduler"]["gamma"] == 0.1
     assert small["teacher"]["arch"] == "torchvision.models.resnet34"
-    assert small["teacher"]["params"] == {"pretrained": True}
+    assert small["teacher"]["params"] == {"pretrained": True, "weights": "IMAGENET1K_V1"}
     assert (small["student"]["arch"], small["student"]["params"]) == (
         "torchvision.models.resnet18",
         {},
@@ -71,7 +71,7 @@ def test_imagenet_recipe_and_models() -> None:
 
     mobile = _compose("experiment=imagenet/r50_mbv1", "method=dkd")
     assert mobile["teacher"]["arch"] == "torchvision.models.resnet50"
-    assert mobile["teacher"]["params"] == {"pretrained": True}
+    assert mobile["teacher"]["params"] == {"pretrained": True, "weights": "IMAGENET1K_V1"}
     assert (mobile["student"]["arch"], mobile["student"]["params"]) == ("timm:mobilenetv1_100", {})
     assert mobile["recipe"] == recipe and mobile["method"]["beta"] == 2.0
 
