@@ -27,6 +27,7 @@ from hpmkd.engine.model_config import teacher_configs
 from hpmkd.engine.obtain import model_spec, obtain_model, teacher_identity
 from hpmkd.engine.records import ModelRecord, StrategyResult
 from hpmkd.models.ensemble import TeacherEnsemble
+from hpmkd.models.sklearn_teacher import names_classifier
 from hpmkd.parallel import Job, run_jobs
 from hpmkd.store import ArtifactStore, content_key
 from hpmkd.strategies.kd import distil_student
@@ -59,7 +60,9 @@ def train_missing_concurrently(ctx: RunContext, configs: Sequence[DictConfig]) -
     missing = [
         (k, c)
         for k, c in enumerate(configs)
-        if not c.checkpoint and ctx.store.get(content_key("model", model_spec(ctx, c))) is None
+        if not c.checkpoint
+        and not names_classifier(c.arch)  # soft labels, fitted in this process
+        and ctx.store.get(content_key("model", model_spec(ctx, c))) is None
     ]
     if len(missing) < 2:
         return
