@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import Logger
 from hpmkd.data.loader import SplitsDataModule, split_size
 from hpmkd.engine.fused import FusedEpochs, fused_refusal
 from hpmkd.engine.module import DistillModule
+from hpmkd.engine.packed import FitRequest, current_member
 from hpmkd.errors import UserError
 
 log = logging.getLogger("hpmkd")
@@ -256,7 +257,19 @@ def fit(
     ckpt_path: str | None = None,
     callbacks: Sequence[Callback] = (),
 ) -> FitResult:
-    """Train, then test with the last and the best-validation weights."""
+    """Train, then test with the last and the best-validation weights. The student's fit of a
+    packed sweep member is handed to its pack (``engine/packed.py``) where it can be packed."""
+    member = current_member()
+    if member is not None and ckpt_path is None and out_dir.resolve() == member.run_dir:
+        from hpmkd.engine.packed_fit import pack_refusal
+
+        request = FitRequest(module, datamodule, out_dir, epochs, dict(trainer_kwargs),
+                             loggers, list(callbacks), torch.get_rng_state())  # fmt: skip
+        refusal = pack_refusal(request)
+        if refusal is None and (packed := member.hand_over(request)) is not None:
+            return packed
+        if refusal is not None:
+            log.info("%s not packed, trained alone: %s", member.name, refusal)
     has_val = split_size(datamodule.splits, "val") > 0
     history = EpochHistory()
     trainer, checkpoint = make_trainer(

@@ -1,0 +1,293 @@
+"""One training of several members' student fits as a single vmapped model.
+
+The students (one architecture, different seeds) are stacked with
+``torch.func.stack_module_state`` and run with ``functional_call`` under ``vmap``; each member's
+loss is its own method on its own logits (its temperature, weights, teacher), and the summed
+loss gives every member exactly its own gradients. The optimiser and scheduler (one config for
+the pack) act elementwise on the stacked tensors, so each slice steps as the member alone would.
+Each member's batches are drawn from its own global-RNG state, with the same calls in the same
+order as its Lightning fit (train loader, sampler, validation loader per epoch): same initial
+weights, same batch order, the same results to float tolerance (tests/test_packed.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.utils.data import BatchSampler, RandomSampler
+
+from hpmkd.data.loader import SplitsDataModule
+from hpmkd.data.splits import DataSplits
+from hpmkd.engine.fit import FitResult
+from hpmkd.engine.journal import JournalEpochs
+from hpmkd.engine.packed import FitRequest
+from hpmkd.engine.teacher_cache import CacheCounts
+from hpmkd.io import write_atomic
+from hpmkd.methods.base import DistillMethod, ModelOutputs
+
+ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+FP32 = (None, 32, "32", "32-true")
+
+
+def pack_refusal(request: FitRequest) -> str | None:
+    """Why this fit cannot be packed exactly (None: it can)."""
+    module, data = request.module, request.datamodule
+    method: DistillMethod = module.method
+    kwargs = request.trainer_kwargs
+    if type(data) is not SplitsDataModule or not isinstance(data.splits, DataSplits):
+        return "its data is not an in-memory split"
+    if data.splits.is_image:
+        return "image data (per-step augmentation draws from the global RNG)"
+    if module.init_stage or method.student_features or method.teacher_features:
+        return f"method '{method.name}' reads features or has an initialisation stage"
+    if list(method.parameters()) or type(method).on_epoch_start is not DistillMethod.on_epoch_start:
+        return f"method '{method.name}' has parameters or per-epoch state"
+    if list(module.student.buffers()) or any(
+        isinstance(m, nn.Dropout) and m.p > 0 for m in module.student.modules()
+    ):
+        return "the student has buffers (BatchNorm) or dropout"
+    if getattr(module.optimizer_factory, "func", None) not in ELEMENTWISE:
+        return "its optimiser is not SGD, Adam or AdamW"
+    if kwargs.get("precision") not in FP32 or kwargs.get("gradient_clip_val"):
+        return "precision other than 32-true, or gradient clipping"
+    if kwargs.get("accumulate_grad_batches", 1) != 1 or str(kwargs.get("devices", 1)) != "1":
+        return "gradient accumulation or several devices"
+    known = (JournalEpochs, CacheCounts)
+    if others := [type(c).__name__ for c in request.callbacks if not isinstance(c, known)]:
+        return f"callbacks {', '.join(others)}"
+    return None
+
+
+def pack_signature(request: FitRequest) -> tuple:
+    """What the members of one pack share: architecture, data, batches, epochs, optimiser."""
+    module, data = request.module, request.datamodule
+    shapes = tuple((n, tuple(p.shape)) for n, p in module.student.named_parameters())
+
+    def partial(factory: Any) -> Any:
+        if factory is None:
+            return None
+        return (factory.func, tuple(factory.args), tuple(sorted(factory.keywords.items())))
+
+    return (
+        type(module.student),
+        shapes,
+        data.splits.fingerprint(),
+        data.batch_size,
+        request.epochs,
+        partial(module.optimizer_factory),
+        partial(module.scheduler_factory),
+        module.teacher is None,
+    )
+
+
+def _draw(state: Tensor, n: int, batch_size: int, has_val: bool) -> tuple[list[Tensor], Tensor]:
+    """One epoch's batches under a member's RNG state, drawn as its Lightning fit draws them."""
+    torch.set_rng_state(state)
+    torch.empty((), dtype=torch.int64).random_()  # the train loader iterator's base seed
+    batches = [torch.as_tensor(b) for b in BatchSampler(RandomSampler(range(n)), batch_size, False)]
+    if has_val:
+        torch.empty((), dtype=torch.int64).random_()  # the validation loader's
+    return batches, torch.get_rng_state()
+
+
+def _accuracy(logits: Tensor, y: Tensor, k: int = 1) -> Tensor:
+    """Per member: the fraction of samples whose label is among the top ``k`` logits."""
+    top = logits.topk(k, dim=-1).indices
+    return (top == y.view(1, -1, 1)).any(-1).float().mean(-1)
+
+
+class _Epoch:
+    """Stand-in for the trainer in the journal callbacks' hooks."""
+
+    def __init__(self, epoch: int) -> None:
+        self.current_epoch = epoch
+        self.is_global_zero = True
+
+
+def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
+    """Train the fits of ``requests`` (one ``pack_signature``) together; each member's
+    checkpoints, logger rows, journal lines and student weights are written as its own fit
+    writes them."""
+    started = time.perf_counter()
+    first = requests[0]
+    modules = [r.module for r in requests]
+    splits: DataSplits = first.datamodule.splits
+    students = [m.student for m in modules]
+    params, buffers = stack_module_state(students)
+    base = copy.deepcopy(students[0]).to("meta")
+
+    def forward(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(base, (p, b), (x,))
+
+    train_forward = vmap(forward)
+    eval_forward = vmap(forward, in_dims=(0, 0, None))
+    optimizer = first.module.optimizer_factory(list(params.values()))
+    scheduler = first.module.scheduler_factory
+    scheduler = scheduler(optimizer) if scheduler is not None else None
+    has_val = len(splits.y_val) > 0
+    states = [r.rng_state for r in requests]
+    rng = torch.get_rng_state()
+    for r in requests:
+        if r.module.teacher is not None:
+            r.module.teacher.to(splits.x_train.device)
+        _callbacks(r, "on_train_start", 0)
+    n, batch_size = len(splits.y_train), first.datamodule.batch_size
+    val_history: list[list[float]] = [[] for _ in requests]
+    curves: list[dict[str, list[float | None]]] = [{} for _ in requests]
+    best: list[dict[str, Tensor] | None] = [None] * len(requests)
+    best_acc = [-1.0] * len(requests)
+    global_step = 0
+    for epoch in range(first.epochs):
+        orders = []
+        for k in range(len(requests)):
+            batches, states[k] = _draw(states[k], n, batch_size, has_val)
+            orders.append(batches)
+        for m in modules:
+            m.method.epoch = epoch
+        sums = [dict[str, Tensor]() for _ in requests]
+        base.train()
+        for step in range(len(orders[0])):
+            index = torch.stack([order[step] for order in orders])
+            xs, ys = splits.x_train[index], splits.y_train[index]
+            logits = train_forward(params, buffers, xs)
+            total = torch.zeros(())
+            for k, m in enumerate(modules):
+                loss = _member_loss(m, logits[k], xs[k], ys[k], index[k], sums[k])
+                total = total + loss
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            global_step += 1
+        base.eval()
+        with torch.no_grad():
+            accs = _accuracy(eval_forward(params, buffers, splits.x_val), splits.y_val)
+        for k, r in enumerate(requests):
+            means = {t: float(v) / n for t, v in sums[k].items()}
+            temperature = getattr(r.module.method, "temperature", None)
+            if temperature is not None:
+                means["temperature"] = float(temperature)
+            for name, value in means.items():
+                curve = curves[k].setdefault(name, [])
+                curve.extend([None] * (epoch - len(curve)))
+                curve.append(value)
+            metrics = {f"train/{t}": v for t, v in means.items() if t != "temperature"}
+            if has_val:
+                acc = float(accs[k])
+                val_history[k].append(100.0 * acc)
+                metrics["val/acc"] = acc
+                if acc > best_acc[k]:
+                    best_acc[k] = acc
+                    best[k] = {name: p[k].detach().clone() for name, p in params.items()}
+            for logger in r.loggers or ():
+                logger.log_metrics(metrics | {"epoch": epoch}, step=global_step - 1)
+            _callbacks(r, "on_train_epoch_end", epoch)
+        if scheduler is not None:
+            scheduler.step()
+    train_time = (time.perf_counter() - started) / len(requests)
+    last = {name: p.detach() for name, p in params.items()}
+    results = []
+    for k, r in enumerate(requests):
+        results.append(
+            _finish(r, k, last, best[k], val_history[k], curves[k], train_time, global_step)
+        )
+    torch.set_rng_state(rng)
+    for k, r in enumerate(requests):
+        r.rng_state = states[k]
+    return results
+
+
+def _member_loss(
+    module: Any, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, sums: dict[str, Tensor]
+) -> Tensor:
+    """The member's loss on its batch, as ``DistillModule._step`` computes it."""
+    x, view = module.transform.augment(x)
+    teacher = module.teacher(x, index, view) if module.teacher is not None else None
+    losses = module.method(ModelOutputs(logits, {}), teacher, y, index)
+    loss = torch.stack(list(losses.values())).sum()
+    for term, value in {**losses, "loss": loss, **module.method.step_metrics()}.items():
+        sums[term] = sums.get(term, 0.0) + value.detach() * len(y)
+    return loss
+
+
+def _callbacks(request: FitRequest, hook: str, epoch: int) -> None:
+    for callback in request.callbacks:
+        if isinstance(callback, JournalEpochs):
+            getattr(callback, hook)(_Epoch(epoch), request.module)
+
+
+def _finish(
+    request: FitRequest,
+    k: int,
+    last: dict[str, Tensor],
+    best: dict[str, Tensor] | None,
+    val_history: list[float],
+    curves: dict[str, list[float | None]],
+    train_time: float,
+    global_step: int,
+) -> FitResult:
+    """Test the member's last and best weights, write its checkpoints, leave the best weights
+    in its student (as testing the best checkpoint does in a fit alone)."""
+    module = request.module
+    splits: DataSplits = request.datamodule.splits
+    student = module.student
+    epochs = request.epochs
+
+    def test(weights: dict[str, Tensor]) -> tuple[float, float | None]:
+        student.load_state_dict(weights)
+        student.eval()
+        with torch.no_grad():
+            logits = student(splits.x_test).unsqueeze(0)
+        acc5 = _accuracy(logits, splits.y_test, 5) if splits.num_classes > 10 else None
+        return 100.0 * float(_accuracy(logits, splits.y_test)), (
+            None if acc5 is None else 100.0 * float(acc5)
+        )
+
+    last_member = {name: w[k] for name, w in last.items()}
+    test_last, top5 = test(last_member)
+    _checkpoint(request, "last", epochs, global_step)
+    test_best = None
+    if best is not None:
+        test_best, _ = test(best)
+        _checkpoint(request, "best", epochs, global_step)
+    student.train()
+    _callbacks(request, "on_train_end", epochs)
+    teacher = module.teacher
+    for callback in request.callbacks:
+        if isinstance(callback, CacheCounts):
+            callback.counts = {"hits": teacher.hits, "misses": teacher.misses}
+    for logger in request.loggers or ():
+        logger.log_hyperparams(dict(module.hparams))
+        logger.save()
+        logger.finalize("success")
+    return FitResult(
+        epochs=epochs,
+        val_history=val_history,
+        test_acc_last=test_last,
+        test_acc_best=test_best,
+        test_acc5_last=top5,
+        train_time_s=train_time,
+        curves=curves,
+    )
+
+
+def _checkpoint(request: FitRequest, name: str, epochs: int, global_step: int) -> None:
+    """``checkpoints/<name>.ckpt`` with the student's current weights and the fit's
+    hyperparameters (what ``hpmkd.load_student`` reads)."""
+    module = request.module
+    state = {f"student.{n}": v.detach().clone() for n, v in module.student.state_dict().items()}
+    ckpt = {
+        "epoch": epochs - 1,
+        "global_step": global_step,
+        "state_dict": state,
+        "hyper_parameters": dict(module.hparams),
+        "packed": True,
+    }
+    path = request.out_dir / "checkpoints" / f"{name}.ckpt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: torch.save(ckpt, tmp))

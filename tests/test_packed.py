@@ -1,0 +1,73 @@
+"""hydra/launcher=packed: a packed member equals the same member run alone, and members that
+cannot be packed run alone with a log line saying why."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from hpmkd.train import run_identity
+from tests.conftest import CliRun
+
+QUICK = [
+    "data=breast_cancer",
+    "recipe.epochs=3",
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "+strategy=kd",
+    "teacher.seed=0",  # one stored teacher shared by the seeds
+]
+
+
+def _member(outputs: Path, sweep: str, num: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    run = outputs / sweep / str(num)
+    results = json.loads((run / "results.json").read_text())
+    return results, torch.load(run / "student.pt", weights_only=True)
+
+
+def test_a_packed_member_equals_the_member_alone(
+    run_cli: Callable[..., CliRun], hpmkd_env: Path
+) -> None:
+    packed = run_cli(
+        "train", "-m", *QUICK, "hydra/launcher=packed", "seed=0,1,2", "method.temperature=4,2",
+        f"hydra.sweep.dir={hpmkd_env / 'packed'}",
+    )  # fmt: skip
+    assert packed.code == 0, packed.err
+    assert "6 student fits packed as one model" in packed.out + packed.err
+    alone = run_cli(
+        "train", "-m", *QUICK, "seed=2", "method.temperature=2",
+        f"hydra.sweep.dir={hpmkd_env / 'alone'}",
+    )  # fmt: skip
+    assert alone.code == 0, alone.err
+    root = hpmkd_env
+    ours, our_student = _member(root, "packed", 5)  # seed=2, T=2: the sweep's last member
+    theirs, their_student = _member(root, "alone", 0)
+    assert run_identity(ours["config"]) == run_identity(theirs["config"])
+    for name, value in their_student.items():
+        torch.testing.assert_close(our_student[name], value)
+    assert set(ours) == set(theirs)
+    assert ours["val_acc_history"] == pytest.approx(theirs["val_acc_history"])
+    for name, curve in theirs["curves"].items():
+        assert ours["curves"][name] == pytest.approx(curve, rel=1e-5)
+    for key in ("test_acc", "test_acc_last", "test_acc_best", "best_epoch", "epochs"):
+        assert ours[key] == pytest.approx(theirs[key])
+    ckpt = torch.load(root / "packed" / "5" / "checkpoints" / "best.ckpt", weights_only=False)
+    assert "fit" in ckpt["hyper_parameters"]  # hpmkd.load_student reads it
+
+
+def test_members_that_cannot_be_packed_run_alone_and_say_why(
+    run_cli: Callable[..., CliRun], hpmkd_env: Path
+) -> None:
+    sweep = run_cli(
+        "train", "-m", *QUICK, "hydra/launcher=packed", "method=kd,fitnet",
+        f"hydra.sweep.dir={hpmkd_env / 'mixed'}",
+    )  # fmt: skip
+    assert sweep.code == 0, sweep.err
+    log = sweep.out + sweep.err
+    assert "#1 not packed, trained alone: method 'fitnet' reads features" in log
+    assert "#0 not packed, trained alone: no other member shares" in log
+    assert len(list((hpmkd_env / "mixed").rglob("results.json"))) == 2
