@@ -39,18 +39,18 @@ NODE_KEYS = frozenset(
 TABULAR_LIBRARIES = {"sklearn": None, "xgboost": "xgboost", "lightgbm": "lightgbm",
                      "catboost": "catboost"}  # fmt: skip
 OOF_FOLDS = 5  # a tabular teacher's out-of-fold soft labels: stratified folds (0: no cross-fitting)
-# `teacher=<name>` presets of tabular teachers: estimator and the arguments that differ from or
-# pin its library's defaults (random_state comes from the teacher's seed)
+# `teacher=<name>` presets of tabular teachers: the library's defaults written out (a later release
+# changing them does not change what a preset means); random_state comes from the teacher's seed
 TABULAR_TEACHERS: dict[str, dict[str, Any]] = {
     "hgb": {"arch": "sklearn.ensemble.HistGradientBoostingClassifier",
-            "params": {"max_iter": 200, "learning_rate": 0.1, "max_leaf_nodes": 31}},
+            "params": {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 31}},
     "random_forest": {"arch": "sklearn.ensemble.RandomForestClassifier",
-                      "params": {"n_estimators": 200, "min_samples_leaf": 1}},
+                      "params": {"n_estimators": 100, "min_samples_leaf": 1}},
     "xgboost": {"arch": "xgboost.XGBClassifier",
-                "params": {"n_estimators": 300, "learning_rate": 0.1, "max_depth": 6,
+                "params": {"n_estimators": 100, "learning_rate": 0.3, "max_depth": 6,
                            "tree_method": "hist"}},
     "lightgbm": {"arch": "lightgbm.LGBMClassifier",
-                 "params": {"n_estimators": 300, "learning_rate": 0.05, "num_leaves": 31,
+                 "params": {"n_estimators": 100, "learning_rate": 0.1, "num_leaves": 31,
                             "verbose": -1}},
 }  # fmt: skip
 

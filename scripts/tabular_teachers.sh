@@ -9,12 +9,14 @@
 #   awmt      attention-weighted ensemble of [hgb, mlp_large]
 #
 #   scripts/tabular_teachers.sh OUT [letter magic penbased]   # then: hpmkd report OUT/<table>
+# PARTS="ce kd" runs some of the parts only (default: all four).
 set -euo pipefail
 out=${1:?usage: tabular_teachers.sh OUT [tables...]}
 shift
 tables=${*:-letter magic penbased}
 epochs=${EPOCHS:-200}
 seeds=${SEEDS:-0,1,2}
+parts=${PARTS:-ce kd kd_leaky awmt}
 hpmkd=${HPMKD:-hpmkd}
 python -c "import sys; sys.path.insert(0, 'scripts'); from machine import cpu_name; print('cpu:', cpu_name())"
 for data in $tables; do
@@ -22,11 +24,14 @@ for data in $tables; do
     "data=$data" student=mlp_small recipe=tabular "recipe.epochs=$epochs" "seed=$seeds"
     trainer.enable_progress_bar=false hydra/launcher=parallel "hydra.launcher.workers=${WORKERS:-2}"
   )
-  $hpmkd train -m "${common[@]}" "hydra.sweep.dir=$out/$data/ce"
-  $hpmkd train -m "${common[@]}" +strategy=kd teacher=mlp_large,hgb,lightgbm teacher.seed=0 \
-    "hydra.sweep.dir=$out/$data/kd"
-  $hpmkd train -m "${common[@]}" +strategy=kd teacher=hgb teacher.seed=0 teacher.oof_folds=0 \
-    "hydra.sweep.dir=$out/$data/kd_leaky"
-  $hpmkd train -m "${common[@]}" +strategy=multi_teacher \
-    "teachers=[{arch: hgb, seed: 0},{arch: mlp_large, seed: 0}]" "hydra.sweep.dir=$out/$data/awmt"
+  for part in $parts; do
+    case $part in
+      ce) args=() ;;
+      kd) args=(+strategy=kd teacher=mlp_large,hgb,lightgbm teacher.seed=0) ;;
+      kd_leaky) args=(+strategy=kd teacher=hgb teacher.seed=0 teacher.oof_folds=0) ;;
+      awmt) args=(+strategy=multi_teacher "teachers=[{arch: hgb, seed: 0},{arch: mlp_large, seed: 0}]") ;;
+      *) echo "unknown part $part" >&2; exit 2 ;;
+    esac
+    $hpmkd train -m "${common[@]}" "${args[@]}" "hydra.sweep.dir=$out/$data/$part"
+  done
 done
