@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,10 @@ def test_bad_input_gives_one_line(tmp_path: Path, image_dir: Path, monkeypatch) 
     no_label = datasets.Dataset.from_dict({"a": [1.0, 2.0], "b": [3.0, 4.0]})
     no_label.save_to_disk(str(tmp_path / "nolabel"))
     cases.append(({"name": str(tmp_path / "nolabel")}, "no label column found"))
+    monkeypatch.setitem(sys.modules, "datasets", None)  # the extra not installed
+    with pytest.raises(UserError, match=r"pip install 'hpmkd\[datasets\]'"):
+        load_data({"source": "hf", "name": str(image_dir)})
+    monkeypatch.setitem(sys.modules, "datasets", datasets)
     for extra, message in cases:
         with pytest.raises(UserError, match=message) as err:
             load_data({"source": "hf", "cache_dir": str(tmp_path / "cache"), **extra})

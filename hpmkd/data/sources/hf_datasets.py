@@ -172,7 +172,7 @@ def load(cfg: Mapping) -> DataSplits | StreamSplits:
     codes, class_names = _labels(splits, label)
     if image is None:
         return _table(cfg, splits, label, codes, class_names)
-    return _images(cfg, splits, image, codes, class_names)
+    return _images(cfg, splits, (image, label), codes, class_names)
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -288,8 +288,9 @@ def _stack(arrays: list[np.ndarray], colour: bool, size: tuple[int, int]) -> tor
 
 
 def _images(
-    cfg: Mapping, splits: dict, column: str, codes: dict, class_names: list[str]
+    cfg: Mapping, splits: dict, columns: tuple[str, str], codes: dict, class_names: list[str]
 ) -> DataSplits | StreamSplits:
+    column = columns[0]
     parts = _carve(cfg, splits, codes)
     resize = option(cfg, "resize")
     if resize is not None and len(resize) != 2:
@@ -301,7 +302,7 @@ def _images(
             cfg,
             {s: ArrowImages(t, column, y) for s, (t, y) in parts.items()},
             class_names,
-            identity=_identity(cfg, splits, column),
+            identity=_identity(cfg, splits, columns),
             name=_display_name(cfg),
         )
     decoded = {s: _decode_split(t, column, resize) for s, (t, _) in parts.items()}
@@ -331,7 +332,7 @@ def _images(
     )
 
 
-def _identity(cfg: Mapping, splits: dict, column: str) -> dict:
+def _identity(cfg: Mapping, splits: dict, columns: tuple[str, str]) -> dict:
     """What names the data for the store: the dataset, its Arrow fingerprints, the split rule."""
     return {
         "source": "hf",
@@ -340,6 +341,6 @@ def _identity(cfg: Mapping, splits: dict, column: str) -> dict:
         "revision": option(cfg, "revision"),
         # datasets' own content hash of each split (no public accessor)
         "fingerprints": {s: d._fingerprint for s, d in splits.items() if d is not None},
-        "image_column": column,
+        "columns": list(columns),
         "split": {k: option(cfg, k) for k in ("val_fraction", "test_fraction", "split_seed")},
     }
