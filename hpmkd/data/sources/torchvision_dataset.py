@@ -110,11 +110,13 @@ def labels_of(dataset: Dataset) -> np.ndarray:
     return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
 
 
-def class_names_of(dataset: Dataset, labels: np.ndarray) -> list[str]:
-    names = getattr(dataset, "classes", None)
-    if names is not None and len(names) > int(labels.max()):
+def class_names_of(dataset: Dataset, count: int) -> list[str]:
+    """The class's own names (``classes``, ``categories``), else ``0..count-1`` (logged)."""
+    names = getattr(dataset, "classes", None) or getattr(dataset, "categories", None)
+    if names is not None and len(names) >= count:
         return [str(n) for n in names]
-    return [str(i) for i in range(int(labels.max()) + 1)]
+    log.info("%s names no classes: they are numbered 0..%d", type(dataset).__name__, count - 1)
+    return [str(i) for i in range(count)]
 
 
 def _carve(cfg: Mapping, opened: dict, labels: dict) -> dict[str, tuple[Dataset, np.ndarray]]:
@@ -169,7 +171,8 @@ def load(cfg: Mapping) -> DataSplits | StreamSplits:
     cls = dataset_class(name)
     opened = _open(cfg, cls)
     labels = {split: labels_of(dataset) for split, dataset in opened.items()}
-    class_names = class_names_of(opened["train"], labels["train"])
+    count = 1 + max(int(y.max()) for y in labels.values() if len(y))
+    class_names = class_names_of(opened["train"], count)
     parts = _carve(cfg, opened, labels)
     resize = option(cfg, "resize")
     if resize is not None and len(resize) != 2:
