@@ -24,10 +24,13 @@ Decisions, each a constructor argument or stated here:
   T = 1 (its accuracy is the ensemble's), with weight 1; the student's KD target then uses
   detached weights. The entropy term regularises the weights in both modes.
 - All loss math is fp32. ``step_metrics`` logs the batch means ``teacher_weight_<k>`` of
-  ``a_k`` and ``attention_entropy`` (``log K`` is uniform, 0 is collapse onto one teacher).
+  ``a_k`` and ``attention_entropy`` (``log K`` is uniform, 0 is collapse onto one teacher);
+  ``split_weights`` summarises ``a_k`` over a split after training (per-sample diversity).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +39,7 @@ from torch import Tensor, nn
 from hpmkd.errors import UserError
 from hpmkd.methods.base import DistillMethod, MethodSetup, ModelOutputs, register_method
 from hpmkd.methods.functional import cross_entropy
+from hpmkd.models import FeatureTap
 
 FEATURE = "teacher_logits"
 WEIGHTINGS = ("attention", "uniform")
@@ -176,3 +180,36 @@ class MultiTeacher(DistillMethod):
 
     def step_metrics(self) -> dict[str, Tensor]:
         return dict(self._metrics)
+
+    @torch.no_grad()
+    def weight_summary(self, teacher_logits: Tensor, student_logits: Tensor) -> dict[str, list]:
+        """Each teacher's weight ``a_k(x)`` over samples: mean, standard deviation and the share
+        of samples where it is the largest (whether the attention picks per sample)."""
+        a, _ = self.weights(teacher_logits, student_logits)
+        top = torch.bincount(a.argmax(dim=1), minlength=a.shape[1]).float() / len(a)
+        return {"mean": a.mean(0).tolist(), "std": a.std(0).tolist(), "top_share": top.tolist()}
+
+
+@torch.no_grad()
+def split_weights(
+    method: MultiTeacher,
+    ensemble: nn.Module,
+    student: nn.Module,
+    x: Tensor,
+    transform: Callable[..., Tensor],
+    batch_size: int = 1024,
+) -> dict[str, list]:
+    """``method.weight_summary`` over the rows ``x`` of a split (teachers and student in eval)."""
+    device = next(student.parameters()).device
+    was_training = student.training
+    student.eval()
+    teacher_logits, student_logits = [], []
+    with FeatureTap(ensemble, (FEATURE,)) as tap:
+        for start in range(0, len(x), batch_size):
+            xb = transform(x[start : start + batch_size].to(device), train=False)
+            ensemble(xb)
+            teacher_logits.append(tap.features[FEATURE].float())
+            student_logits.append(student(xb).float())
+    student.train(was_training)
+    method.to(device)
+    return method.weight_summary(torch.cat(teacher_logits), torch.cat(student_logits))

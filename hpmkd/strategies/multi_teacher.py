@@ -26,6 +26,8 @@ from hpmkd.engine.journal import JOURNAL_FILE, Journal
 from hpmkd.engine.model_config import teacher_configs
 from hpmkd.engine.obtain import model_spec, obtain_model, teacher_identity
 from hpmkd.engine.records import ModelRecord, StrategyResult
+from hpmkd.methods import DistillMethod, build_method
+from hpmkd.methods.multi_teacher import MultiTeacher, split_weights
 from hpmkd.models.ensemble import TeacherEnsemble
 from hpmkd.models.sklearn_teacher import names_classifier
 from hpmkd.parallel import Job, run_jobs
@@ -111,7 +113,18 @@ def run(ctx: RunContext) -> StrategyResult:
     teachers = obtain_teachers(ctx, parallel=parallel)
     teacher, record = ensemble_of(ctx, teachers, concurrent=parallel)
     method_cfg = OmegaConf.to_container(ctx.cfg.method, resolve=True)
-    result = distil_student(ctx, teacher, method_cfg)  # type: ignore[arg-type]
+    built: list[tuple[nn.Module, DistillMethod]] = []
+
+    def make_method(student: nn.Module) -> DistillMethod:
+        built.append((student, ctx.given_method or build_method(method_cfg)))  # type: ignore[arg-type]
+        return built[-1][1]
+
+    result = distil_student(ctx, teacher, method_cfg, make_method)  # type: ignore[arg-type]
     result.teacher = record
     result.details = {"teachers": [asdict(r) for _, r in teachers]}
+    student, method = built[-1]
+    if isinstance(method, MultiTeacher) and len(ctx.data.y_test):
+        weights = split_weights(method, teacher, student, ctx.data.x_test, ctx.transform)
+        log.info("attention weights over the test split (per teacher): %s", weights)
+        result.details["attention_test"] = weights
     return result
