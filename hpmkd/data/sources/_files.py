@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
 
 from hpmkd.errors import UserError
 
@@ -40,8 +41,6 @@ class FileImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        from torchvision.io import ImageReadMode, decode_image, read_file
-
         path = os.path.join(self.root, self.paths[i].decode())
         mode = ImageReadMode.GRAY if self.grey else ImageReadMode.RGB
         try:
@@ -73,9 +72,9 @@ class FileList:
         self.labels: list[int] = []
         self._digest = hashlib.sha256()
 
-    def add(self, entries: Sequence[os.DirEntry], label: int) -> None:
+    def add(self, entries: Sequence[os.DirEntry | Path], label: int) -> None:
         for entry in entries:
-            rel = os.path.relpath(entry.path, self.root)
+            rel = os.path.relpath(os.fspath(entry), self.root)
             self.paths.append(rel)
             self.labels.append(label)
             self._digest.update(f"{rel}|{label}|{entry.stat().st_size}\n".encode())

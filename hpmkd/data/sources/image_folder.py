@@ -1,8 +1,10 @@
-"""Any ``root/{train,test}/<class>/<image>`` tree, decoded once and cached as a uint8 tensor."""
+"""Any ``root/{train,test}/<class>/<image>`` tree: decoded once and cached as a uint8 tensor, or
+streamed from the files when it is large (``data.stream``, ``hpmkd.data.stream.should_stream``)."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import warnings
 from collections.abc import Mapping
@@ -15,11 +17,14 @@ from PIL import Image
 
 from hpmkd.data.registry import register_source
 from hpmkd.data.splits import DataSplits
+from hpmkd.data.stream import StreamSplits, should_stream
 from hpmkd.errors import UserError
 from hpmkd.io import write_atomic
 
 from ._common import default_cache_dir, one_line, option, required
+from ._files import FileList
 from ._images import image_splits
+from ._streamed import stream_splits
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 CACHE_FOLDER = ".hpmkd_cache"
@@ -103,16 +108,18 @@ def load_image_folder_split(
     *,
     resize: tuple[int, int] | None = None,
     cache_dir: str | Path | None = None,
+    listed: tuple[list[str], list[tuple[Path, int]]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Decode ``split_dir/<class>/*.{jpg,png}`` into (uint8 NCHW images, int64 labels, classes).
 
     Classes are the sorted sub-folder names. The decoded tensor is cached in
     ``<split_dir>/../.hpmkd_cache/`` (or in ``cache_dir`` when that is not writable) under a key
     made of the file names, sizes and mtimes and ``resize``, so a changed folder is decoded again.
+    ``listed`` is ``_list_images(split_dir)`` when the caller has it already.
     """
     split_dir = Path(split_dir).expanduser()
     resize = tuple(int(v) for v in resize) if resize is not None else None
-    classes, files = _list_images(split_dir)
+    classes, files = listed if listed is not None else _list_images(split_dir)
     local = split_dir.parent / CACHE_FOLDER
     folder = local if _writable(local) else Path(cache_dir or default_cache_dir() / "image_folder")
     key = _cache_key(split_dir, files, resize)
@@ -132,12 +139,14 @@ def load_image_folder_split(
 
 
 @register_source("image_folder")
-def load(cfg: Mapping) -> DataSplits:
+def load(cfg: Mapping) -> DataSplits | StreamSplits:
     """An image-folder dataset with official train and test folders; val carved from train.
 
     Config: ``root``, ``resize`` ([H, W] or null), ``cache_dir`` (used when root is read-only),
     ``val_fraction``, ``split_seed``, ``normalize`` (null mean/std: computed on the training
-    split) and ``augment`` (default random crop with padding 4 and horizontal flip).
+    split) and ``augment`` (default random crop with padding 4 and horizontal flip); ``stream``
+    (auto: when the decoded train split exceeds ``stream_above_mb``), ``workers`` and
+    ``transforms`` (null: derived from ``resize`` and ``augment``) for the streamed path.
     """
     root = Path(required(cfg, "root", f"a folder laid out as {_LAYOUT}")).expanduser()
     if not root.is_dir():
@@ -151,14 +160,22 @@ def load(cfg: Mapping) -> DataSplits:
     resize = option(cfg, "resize")
     if resize is not None and len(resize) != 2:
         raise UserError(f"data.resize must be [H, W] or null, got {resize}")
-    options = {"resize": resize, "cache_dir": option(cfg, "cache_dir")}
-    x_train, y_train, classes = load_image_folder_split(root / "train", **options)
-    x_test, y_test, test_classes = load_image_folder_split(root / "test", **options)
+    listed = {split: _list_images(root / split) for split in ("train", "test")}
+    classes, test_classes = listed["train"][0], listed["test"][0]
     if classes != test_classes:
         raise UserError(
             f"class folders differ: {root / 'train'} has [{', '.join(classes)}] but "
             f"{root / 'test'} has [{', '.join(test_classes)}]"
         )
+    channels, size = _first_image(listed["train"][1][0][0])
+    size = tuple(int(v) for v in resize) if resize is not None else size
+    if should_stream(cfg, len(listed["train"][1]), (channels, *size)):
+        return _streamed(cfg, root, listed, grey=channels == 1, size=size)
+    options = {"resize": resize, "cache_dir": option(cfg, "cache_dir")}
+    x_train, y_train, classes = load_image_folder_split(
+        root / "train", listed=listed["train"], **options
+    )
+    x_test, y_test, _ = load_image_folder_split(root / "test", listed=listed["test"], **options)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise UserError(
             f"train images are {list(x_train.shape[1:])} (CxHxW) but test images are "
@@ -173,4 +190,53 @@ def load(cfg: Mapping) -> DataSplits:
         y_test=y_test,
         name=root.name,
         augment={"crop_padding": 4, "flip": True},
+    )
+
+
+def _first_image(path: Path) -> tuple[int, tuple[int, int]]:
+    """Channels (1 grey, else 3) and (H, W) of one image, from its header."""
+    try:
+        with Image.open(path) as image:
+            grey = image.getbands()[0] in {"1", "L", "I", "F"}
+            return (1 if grey else 3), (image.height, image.width)
+    except OSError as err:
+        raise UserError(f"cannot decode image {path}: {one_line(err)}") from None
+
+
+def _default_transforms(cfg: Mapping, size: tuple[int, ...]) -> dict:
+    """The streamed pipelines that match the in-memory path: ``resize``, then for training a
+    random crop with zero padding ``augment.crop_padding`` and a horizontal flip."""
+    resize = option(cfg, "resize")
+    base: list = [{"Resize": {"size": [int(v) for v in resize]}}] if resize is not None else []
+    augment = option(cfg, "augment", {}) or {}
+    train = list(base)
+    if augment.get("crop_padding"):
+        train.append({"RandomCrop": {"size": list(size), "padding": augment["crop_padding"]}})
+    if augment.get("flip"):
+        train.append("RandomHorizontalFlip")
+    return {"train": train, "eval": base}
+
+
+def _streamed(
+    cfg: Mapping, root: Path, listed: dict, *, grey: bool, size: tuple[int, ...]
+) -> StreamSplits:
+    files = {}
+    for split, (_, pairs) in listed.items():
+        files[split] = FileList(root / split)
+        for label, group in itertools.groupby(pairs, key=lambda pair: pair[1]):
+            files[split].add([path for path, _ in group], label)
+    transforms = option(cfg, "transforms") or _default_transforms(cfg, size)
+    return stream_splits(
+        cfg,
+        name=root.name,
+        train=files["train"].dataset(grey=grey),
+        test=files["test"].dataset(grey=grey),
+        class_names=listed["train"][0],
+        identity={
+            "layout": "image_folder",
+            "train": files["train"].digest(),
+            "test": files["test"].digest(),
+            "grey": grey,
+        },
+        transforms=transforms,
     )
