@@ -47,8 +47,9 @@ def _table(path: Path) -> Path:
 def tabular_run(run_cli, hpmkd_env: Path) -> Path:
     table = _table(hpmkd_env / "table.csv")
     run = run_cli(
-        "train", "data=csv", f"data.path={table}", "hydra.run.dir=${paths.output_root}/t", *TINY
-    )
+        "train", "data=csv", f"data.path={table}", "hydra.run.dir=${paths.output_root}/t",
+        "bench=true", *TINY,
+    )  # fmt: skip
     assert run.code == 0, run.err
     return run.outputs / "t"
 
@@ -118,6 +119,7 @@ def test_tabular_student_takes_raw_rows_in_onnx_and_torchscript(tabular_run: Pat
         assert field in card
     assert results["cost"]["student"]["params"] == results["student"]["params"]
     assert results["cost"]["student"]["flops"] > 0 and results["cost"]["teacher"] is None
+    assert results["cost"]["student"]["latency_ms"] > 0  # bench=true
 
 
 def _cifar_run(tmp_path: Path) -> tuple[Path, DataSplits, torch.nn.Module]:

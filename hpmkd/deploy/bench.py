@@ -16,7 +16,7 @@ from torch import nn
 from hpmkd.deploy.cost import flops, state_size
 from hpmkd.deploy.evaluation import run_results
 from hpmkd.deploy.export import FORMATS, export, onnx_session, quiet_torchscript
-from hpmkd.deploy.latency import cpu_name, measure
+from hpmkd.deploy.latency import cpu_name, measure_interleaved
 from hpmkd.deploy.wrapper import Deployable, example_inputs, load_deployable, load_model
 from hpmkd.errors import UserError
 from hpmkd.io import write_json_atomic
@@ -61,40 +61,29 @@ def _no_grad(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.
     return run
 
 
-def bench_model(
+def prepare(
     role: str,
     model: Deployable,
     contract: dict[str, Any],
     *,
     runtimes: list[str],
-    batch: int,
     device: str,
     threads: int,
-    repeats: int,
-) -> list[dict[str, Any]]:
-    one, many = example_inputs(contract, 1), example_inputs(contract, batch, seed=1)
+    tmp: Path,
+) -> list[tuple[dict[str, Any], Callable[[torch.Tensor], Any]]]:
+    """Per runtime: the row's fixed fields (model, arch, params, FLOPs, bytes) and a runner."""
+    one = example_inputs(contract, 1)
     base = {
         "model": role,
         "arch": contract["arch"],
         "params": count_parameters(model.model),
         "flops": flops(model.model.eval(), _model_input(model, one)),
     }
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for runtime in runtimes:
-            run, size = _runner(runtime, model, many[:2], Path(tmp), device, threads)
-            timed = measure(
-                run,
-                one.to(device),
-                many.to(device),
-                batch,
-                repeats=repeats,
-                warmup=max(3, repeats // 5),
-                device=device,
-            )
-            rows.append(base | {"runtime": runtime, "size_bytes": size} | timed)
-            log.info("%s %s: p50 %.3f ms", role, runtime, timed["p50_ms"])
-    return rows
+    prepared = []
+    for runtime in runtimes:
+        run, size = _runner(runtime, model, example_inputs(contract, 2), tmp, device, threads)
+        prepared.append((base | {"runtime": runtime, "size_bytes": size}, run))
+    return prepared
 
 
 def _model_input(model: Deployable, raw: torch.Tensor) -> torch.Tensor:
@@ -165,39 +154,41 @@ def bench(
 ) -> dict[str, Any]:
     """Bench a run directory (student, and teacher when it is a torch model of the config; a
     scikit-learn teacher's recorded cost is carried over) or a zoo model name; a run's record
-    is written to ``<run>/bench.json``."""
+    is written to ``<run>/bench.json``. Every (model, runtime) is timed in turn, in rounds, so
+    that a change of machine load falls on all of them alike."""
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: this machine has no CUDA device")
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    options = {
-        "runtimes": runtimes,
-        "batch": batch,
-        "device": device,
-        "threads": threads,
-        "repeats": repeats,
-    }
     path = Path(target)
-    if path.is_dir():
-        results = run_results(path)
-        student, contract = load_deployable(path)
-        rows = bench_model("student", student, contract, **options)
-        teacher_model = _teacher(path, results, contract)
-        if teacher_model is not None:
-            rows += bench_model(
-                "teacher",
-                Deployable(teacher_model, contract),
-                contract | {"arch": results["teacher"]["arch"]},
-                **options,
-            )
-        sklearn_cost = ((results.get("teacher") or {}).get("extra") or {}).get("cost")
-    else:
-        contract = spec_contract(target, input_shape, classes)
-        rows = bench_model(
-            "model", Deployable(load_model(contract, None), contract), contract, **options
+    with tempfile.TemporaryDirectory() as tmp:
+        options = {"runtimes": runtimes, "device": device, "threads": threads, "tmp": Path(tmp)}
+        if path.is_dir():
+            results = run_results(path)
+            student, contract = load_deployable(path)
+            prepared = prepare("student", student, contract, **options)
+            teacher_model = _teacher(path, results, contract)
+            if teacher_model is not None:
+                teacher_contract = contract | {"arch": results["teacher"]["arch"]}
+                teacher = Deployable(teacher_model, contract)
+                prepared += prepare("teacher", teacher, teacher_contract, **options)
+            sklearn_cost = ((results.get("teacher") or {}).get("extra") or {}).get("cost")
+        else:
+            contract = spec_contract(target, input_shape, classes)
+            model = Deployable(load_model(contract, None), contract)
+            prepared = prepare("model", model, contract, **options)
+            sklearn_cost, results = None, None
+        one, many = example_inputs(contract, 1), example_inputs(contract, batch, seed=1)
+        timed = measure_interleaved(
+            [run for _, run in prepared],
+            one.to(device),
+            many.to(device),
+            batch,
+            repeats=repeats,
+            device=device,
         )
-        sklearn_cost, results = None, None
+    rows = [fields | figures for (fields, _), figures in zip(prepared, timed, strict=True)]
     machine = torch.cuda.get_device_name() if device == "cuda" else cpu_name()
     record = {
         "target": target,

@@ -13,6 +13,7 @@ import torch
 
 WARMUP = 10
 REPEATS = 50
+ROUNDS = 4
 
 
 def _synchronise(device: str) -> None:
@@ -36,27 +37,44 @@ def timings(
     return times
 
 
-def measure(
-    run: Callable[[Any], Any],
+def summary(single: np.ndarray, batched: np.ndarray, batch_size: int) -> dict[str, float]:
+    """``p50_ms``/``p95_ms`` of the batch-of-one times and ``throughput`` (samples/s, from the
+    median time of a batch of ``batch_size``)."""
+    return {
+        "p50_ms": float(np.percentile(single, 50) * 1e3),
+        "p95_ms": float(np.percentile(single, 95) * 1e3),
+        "throughput": float(batch_size / np.median(batched)),
+        "batch": batch_size,
+    }
+
+
+def measure_interleaved(
+    runs: list[Callable[[Any], Any]],
     one: Any,
     batch: Any,
     batch_size: int,
     *,
     repeats: int = REPEATS,
-    warmup: int = WARMUP,
+    rounds: int = ROUNDS,
     device: str = "cpu",
-) -> dict[str, float]:
-    """``p50_ms``/``p95_ms`` of a batch of one and ``throughput`` (samples/s, from the median
-    time of a batch of ``batch_size``)."""
-    single = timings(run, one, repeats=repeats, warmup=warmup, device=device)
-    few = {"repeats": max(5, repeats // 5), "warmup": max(2, warmup // 5)}
-    big = timings(run, batch, **few, device=device)
-    return {
-        "p50_ms": float(np.percentile(single, 50) * 1e3),
-        "p95_ms": float(np.percentile(single, 95) * 1e3),
-        "throughput": float(batch_size / np.median(big)),
-        "batch": batch_size,
-    }
+) -> list[dict[str, float]]:
+    """``summary`` of each function, timed A B A B: ``rounds`` rounds, each timing every
+    function in turn (``repeats / rounds`` calls at batch 1, a fifth as many at the batch)."""
+    for run in runs:
+        timings(run, one, repeats=0, warmup=WARMUP, device=device)
+        timings(run, batch, repeats=0, warmup=2, device=device)
+    per_round = max(1, repeats // rounds)
+    single: list[list[np.ndarray]] = [[] for _ in runs]
+    batched: list[list[np.ndarray]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            single[i].append(timings(run, one, repeats=per_round, warmup=1, device=device))
+            few = max(2, per_round // 5)
+            batched[i].append(timings(run, batch, repeats=few, warmup=1, device=device))
+    return [
+        summary(np.concatenate(s), np.concatenate(b), batch_size)
+        for s, b in zip(single, batched, strict=True)
+    ]
 
 
 def cpu_name() -> str:

@@ -15,7 +15,7 @@ from torch import nn
 from hpmkd.data.splits import DataSplits
 from hpmkd.deploy.contract import STUDENT_FILE, build_contract, write_contract
 from hpmkd.deploy.cost import model_cost
-from hpmkd.deploy.latency import measure
+from hpmkd.deploy.latency import measure_interleaved
 from hpmkd.engine.model_config import GIVEN_PREFIX, model_params
 from hpmkd.engine.records import ModelRecord
 from hpmkd.models import build_model
@@ -37,21 +37,21 @@ def _build(node: DictConfig, data: DataSplits, given: Mapping[str, nn.Module]) -
     return build_model(arch, **shape, **model_params(node))
 
 
-def _cost(model: nn.Module, data: DataSplits, bench: bool) -> dict[str, Any]:
-    cost = model_cost(model, data.input_shape)
-    if bench:
-        model = model.eval()
-        one = torch.zeros((1, *data.input_shape))
-        batch = torch.zeros((64, *data.input_shape))
-        with torch.no_grad():
-            timed = measure(model, one, batch, 64)
-        cost |= {
-            "latency_ms": timed["p50_ms"],
-            "latency_p95_ms": timed["p95_ms"],
-            "throughput": timed["throughput"],
+def _latency(models: list[nn.Module], data: DataSplits) -> list[dict[str, Any]]:
+    """Eager CPU latency at batch 1 and throughput at 64 of each model, timed in turn."""
+    one = torch.zeros((1, *data.input_shape))
+    batch = torch.zeros((64, *data.input_shape))
+    runs = [torch.no_grad()(model.eval()) for model in models]
+    timed = measure_interleaved(runs, one, batch, 64)
+    return [
+        {
+            "latency_ms": t["p50_ms"],
+            "latency_p95_ms": t["p95_ms"],
+            "throughput": t["throughput"],
             "threads": torch.get_num_threads(),
         }
-    return cost
+        for t in timed
+    ]
 
 
 def run_cost(
@@ -68,21 +68,26 @@ def run_cost(
     model of the config (an ensemble, a scikit-learn teacher) keeps its parameter count and
     the cost its record carries (``extra.cost``).
     """
-    bench = bool(cfg.get("bench", False))
-    student = _cost(_build(cfg.student, data, given), data, bench)
+    student_model = _build(cfg.student, data, given)
+    student = model_cost(student_model, data.input_shape)
     if (out_dir / STUDENT_FILE).is_file():
         student["size_bytes"] = (out_dir / STUDENT_FILE).stat().st_size
-    if teacher is None:
-        return {"student": student, "teacher": None}
-    node = cfg.get("teacher")
-    recorded = teacher.extra.get("cost")  # a scikit-learn teacher measured its own
-    torch_teacher = node is not None and node.get("arch") == teacher.arch and not recorded
-    if torch_teacher and cfg.get("teachers") is None:
-        try:
-            teacher_cost = _cost(_build(node, data, given), data, bench)
-        except Exception as err:  # noqa: BLE001 - a result already earned is not lost over it
-            log.warning("cost: could not measure the teacher %s: %s", teacher.arch, err)
-            teacher_cost = {"params": teacher.params}
-    else:
+    models, costs = [student_model], [student]
+    teacher_cost = None
+    if teacher is not None:
+        node = cfg.get("teacher")
+        recorded = teacher.extra.get("cost")  # a scikit-learn teacher measured its own
+        torch_teacher = node is not None and node.get("arch") == teacher.arch and not recorded
         teacher_cost = {"params": teacher.params} | dict(recorded or {})
+        if torch_teacher and cfg.get("teachers") is None:
+            try:
+                teacher_model = _build(node, data, given)
+                teacher_cost = model_cost(teacher_model, data.input_shape)
+                models.append(teacher_model)
+                costs.append(teacher_cost)
+            except Exception as err:  # noqa: BLE001 - a result already earned is not lost over it
+                log.warning("cost: could not measure the teacher %s: %s", teacher.arch, err)
+    if cfg.get("bench", False):
+        for cost, timed in zip(costs, _latency(models, data), strict=True):
+            cost |= timed
     return {"student": student, "teacher": teacher_cost}
