@@ -76,6 +76,10 @@ def test_food101_streamed(food_root: Path) -> None:
     assert (len(data.train), len(data.val), len(data.test)) == (40, 5, 15)
     image, label = data.test[14]
     assert isinstance(image, Image.Image) and label == 2
+    # auto: streamed when the decoded training split (40 x 3x16x16 bytes) exceeds the limit
+    auto = {"stream": "auto", "transforms": transforms, "normalize": {"mean": [0.5] * 3}}
+    assert isinstance(load_data(_cfg(food_root, **auto, stream_above_mb=0.02)), StreamSplits)
+    assert isinstance(load_data(_cfg(food_root, **auto, stream_above_mb=0.04)), DataSplits)
     assert data.identity["class"] == "Food101" and data.identity["sizes"] == {
         "train": 45,
         "test": 15,
