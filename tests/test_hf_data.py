@@ -132,6 +132,26 @@ def test_tabular_dataset_standardised_with_categories_one_hot(tmp_path: Path, ca
     assert torch.allclose(numeric.std(0, unbiased=False), torch.ones(2), atol=1e-4)
 
 
+def test_tabular_official_validation_split_is_kept(tmp_path: Path) -> None:
+    table = _table().train_test_split(test_size=20, seed=0)
+    dev = table["train"].train_test_split(test_size=10, seed=0)
+    splits = {"train": dev["train"], "validation": dev["test"], "test": table["test"]}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "trees"))
+    data = load_data(_cfg(tmp_path / "trees", label_column="species"))
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (30, 10, 20)
+    expected = [["elm", "oak"].index(v) for v in dev["test"]["species"]]
+    assert data.y_val.tolist() == expected
+    # standardised with the training split's statistics, like the test split
+    height = np.asarray(dev["train"]["height"])
+    first = (dev["test"][0]["height"] - height.mean()) / height.std()
+    assert data.x_val[0, 0].item() == pytest.approx(first, rel=1e-5)
+    del splits["test"]  # a test split carved from train (20 %), the validation split kept
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "no_test"))
+    data = load_data(_cfg(tmp_path / "no_test", label_column="species"))
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (24, 10, 6)
+    assert data.y_val.tolist() == expected
+
+
 def test_tabular_nested_columns_are_refused(tmp_path: Path) -> None:
     table = _table().add_column("tags", [[1, 2]] * 60)
     table.save_to_disk(str(tmp_path / "nested"))

@@ -205,26 +205,37 @@ def _table(
     cfg: Mapping, splits: dict, label: str, codes: dict, class_names: list[str]
 ) -> DataSplits:
     drop = [str(c) for c in option(cfg, "drop", [])]
-    train, train_codes = splits["train"], codes["train"]
-    if splits["val"] is not None:
-        # tabular_splits carves its validation split itself
-        log.info(
-            "tabular dataset: its validation split (%d rows) joins train, from which "
-            "data.val_fraction is carved",
-            len(splits["val"]),
+    frames = {s: _frame(d, label, drop) for s, d in splits.items() if d is not None}
+    name = _display_name(cfg)
+    if "val" not in frames:
+        return tabular_splits(
+            cfg, frames["train"], codes["train"], class_names,
+            test_features=frames.get("test"), test_labels=codes.get("test"), name=name,
+        )  # fmt: skip
+    # tabular_splits carves its validation split itself: with the official one it runs twice on
+    # the same training rows (so the same fitted preprocessing), once holding out the validation
+    # split and once the test split
+    train, train_codes = frames["train"], codes["train"]
+    if "test" not in frames:
+        parts = configured_splits({**cfg, "val_fraction": 0.0}, train_codes, official_test=False)
+        frames["test"], codes["test"] = train.iloc[parts["test"]], train_codes[parts["test"]]
+        train, train_codes = train.iloc[parts["train"]], train_codes[parts["train"]]
+    rule = {**cfg, "val_fraction": 0.0}
+    held = {
+        split: tabular_splits(
+            rule,
+            train,
+            train_codes,
+            class_names,
+            test_features=frames[split],
+            test_labels=codes[split],
+            name=name,
         )
-        train = _datasets().concatenate_datasets([train, splits["val"]])
-        train_codes = np.concatenate([train_codes, codes["val"]])
-    test = splits["test"]
-    return tabular_splits(
-        cfg,
-        _frame(train, label, drop),
-        train_codes,
-        class_names,
-        test_features=None if test is None else _frame(test, label, drop),
-        test_labels=codes.get("test"),
-        name=_display_name(cfg),
-    )
+        for split in ("val", "test")
+    }
+    data = held["test"]
+    data.x_val, data.y_val = held["val"].x_test, held["val"].y_test
+    return data
 
 
 def _display_name(cfg: Mapping) -> str:
