@@ -164,6 +164,7 @@ def test_tabular_nested_columns_are_refused(tmp_path: Path) -> None:
 def test_bad_input_gives_one_line(tmp_path: Path, image_dir: Path, monkeypatch) -> None:
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     cases = [
+        ({"name": None}, r"data=hf needs data\.name=<a Hugging Face hub id"),
         ({"name": "nobody-here/no-such-set"}, "'nobody-here/no-such-set'.*save_to_disk"),
         ({"name": str(image_dir), "label_column": "nope"}, "data.label_column=nope: no such"),
         ({"name": str(image_dir), "splits": {"test": "dev"}}, "data.splits.test=dev: no such"),

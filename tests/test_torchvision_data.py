@@ -106,6 +106,7 @@ def test_mnist_train_flag_and_no_test_carving(tmp_path: Path) -> None:
 
 def test_bad_input_gives_one_line(tmp_path: Path) -> None:
     cases = [
+        (_cfg(tmp_path, None), "data=torchvision needs data.name=<a class of torchvision"),
         (_cfg(tmp_path, "Foodie101"), "no dataset class 'Foodie101'; e.g. CIFAR10"),
         (
             _cfg(tmp_path),

@@ -22,7 +22,7 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.data.stream import StreamSplits, should_stream
 from hpmkd.errors import UserError
 
-from ._common import configured_splits, label_tensor, one_line, option, required
+from ._common import configured_splits, label_tensor, one_line, option
 from ._ready_streams import normalisation, ready_stream_splits
 from ._tabular import encode_labels, tabular_splits
 
@@ -46,7 +46,9 @@ def open_dataset(cfg: Mapping) -> dict[str, Any]:
     """``{split name: datasets.Dataset}``: ``load_from_disk`` for a folder written by
     ``save_to_disk``, ``load_dataset`` for a hub id or any other local path."""
     datasets = _datasets()
-    ref = str(required(cfg, "name", "a Hugging Face hub id or a local dataset folder"))
+    if option(cfg, "name") is None:
+        raise UserError("data=hf needs data.name=<a Hugging Face hub id or a local dataset folder>")
+    ref = str(cfg["name"])
     path = Path(ref).expanduser()
     saved = (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
     try:

@@ -23,7 +23,7 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.data.stream import StreamSplits, should_stream
 from hpmkd.errors import UserError
 
-from ._common import configured_splits, label_tensor, one_line, option, required
+from ._common import configured_splits, label_tensor, one_line, option
 from ._ready_streams import normalisation, ready_stream_splits
 from ._torchvision import open_split
 
@@ -167,7 +167,11 @@ def load(cfg: Mapping) -> DataSplits | StreamSplits:
     """``torchvision.datasets.<name>`` under ``root`` (downloaded when ``download``); the class's
     own splits, a missing val or test carved with ``val_fraction``/``test_fraction`` and
     ``split_seed``; ``normalize`` given, or computed on the training split (logged)."""
-    name = str(required(cfg, "name", "a class of torchvision.datasets, e.g. SVHN"))
+    if option(cfg, "name") is None:
+        raise UserError(
+            "data=torchvision needs data.name=<a class of torchvision.datasets, e.g. SVHN>"
+        )
+    name = str(cfg["name"])
     cls = dataset_class(name)
     opened = _open(cfg, cls)
     labels = {split: labels_of(dataset) for split, dataset in opened.items()}
