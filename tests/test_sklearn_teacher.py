@@ -138,3 +138,22 @@ def test_a_feature_method_with_a_boosting_teacher_is_refused(run_cli):
     assert run.code == 2
     assert run.err.strip().count("\n") == 0
     assert "is a scikit-learn model and has no features; method fitnet" in run.err
+
+
+def test_presets_in_a_teachers_list_take_the_entry_keys():
+    from omegaconf import OmegaConf
+
+    from hpmkd.engine.model_config import teacher_configs
+
+    cfg = OmegaConf.create({"teachers": ["hgb", {"arch": "lightgbm", "seed": 3,
+                                                 "params": {"n_estimators": 7}}]})  # fmt: skip
+    hgb, lgbm = teacher_configs(cfg)
+    assert hgb.arch == "sklearn.ensemble.HistGradientBoostingClassifier" and hgb.oof_folds == 5
+    assert lgbm.arch == "lightgbm.LGBMClassifier" and lgbm.seed == 3
+    assert lgbm.params.n_estimators == 7 and lgbm.params.num_leaves == 31
+
+
+def test_oof_folds_on_a_torch_teacher_is_refused(run_cli):
+    run = run_cli("train", "+strategy=kd", "+teacher.oof_folds=3", *TINY)
+    assert run.code == 2
+    assert "teacher.oof_folds applies to scikit-learn teachers" in run.err
