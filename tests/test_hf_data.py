@@ -185,6 +185,13 @@ def test_bad_input_gives_one_line(tmp_path: Path, image_dir: Path, monkeypatch) 
         with pytest.raises(UserError, match=message) as err:
             load_data({"source": "hf", "cache_dir": str(tmp_path / "cache"), **extra})
         assert "\n" not in str(err.value)
+    # what the message suggests: the labelled validation split as the test split, val carved
+    datasets.DatasetDict(
+        {"train": _image_set(*_images(30, 0)), "validation": _image_set(*_images(9, 1)),
+         "test": unlabelled}
+    ).save_to_disk(str(tmp_path / "hidden_test"))  # fmt: skip
+    data = load_data(_cfg(tmp_path / "hidden_test", splits={"test": "validation", "val": None}))
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (24, 6, 9)
 
 
 STREAMED = ("data.stream=true", "data.workers=0", "data.transforms.train=[RandomHorizontalFlip]",

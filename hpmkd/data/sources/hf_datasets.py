@@ -79,17 +79,19 @@ def open_dataset(cfg: Mapping) -> dict[str, Any]:
 def pick_splits(cfg: Mapping, available: dict[str, Any]) -> dict[str, Any]:
     """``train``/``val``/``test`` -> a dataset split, or None when it is to be carved.
 
-    ``data.splits.<split>`` names the split to use (null: detect it by name).
+    ``data.splits.<split>`` names the split to use (null: detect it by name, among the splits
+    not named for another role).
     """
     chosen = dict(option(cfg, "splits", {}) or {})
     unknown = set(chosen) - set(SPLIT_NAMES)
     if unknown:
         raise UserError(f"data.splits has unknown keys {sorted(unknown)}; valid: train, val, test")
+    named = {n for n in chosen.values() if n is not None}
     out = {}
     for split, names in SPLIT_NAMES.items():
         name = chosen.get(split)
         if name is None:
-            name = next((n for n in names if n in available), None)
+            name = next((n for n in names if n in available and n not in named), None)
         elif name not in available:
             raise UserError(
                 f"data.splits.{split}={name}: no such split; the dataset has "
