@@ -20,12 +20,15 @@ workers (getrusage RUSAGE_CHILDREN in a parent made for that size alone).
 
     uv run python scripts/bench_streaming.py speed [--quick]
     uv run python scripts/bench_streaming.py rss --sizes 10000 100000
+    git archive <commit> | tar -x -C /tmp/before
+    uv run python scripts/bench_streaming.py in-memory --before /tmp/before
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -342,11 +345,47 @@ def rss(args: argparse.Namespace) -> None:
     )
 
 
+def in_memory(args: argparse.Namespace) -> None:
+    """`hpmkd train` on the in-memory CIFAR JPEG path from this tree and from ``--before`` (an
+    unpacked earlier commit), fresh processes, interleaved; the fit's train_time_s compared."""
+    root = cifar_folder(Path(tempfile.gettempdir()) / "hpmkd-bench-streaming")
+    if root is None:
+        raise SystemExit(f"{SHARED_CIFAR} absent")
+    job = ["train", "data=cifar10_jpeg", f"data.root={root}", "student=resnet8", "recipe=smoke",
+           "recipe.epochs=1", f"trainer.limit_train_batches={args.steps or 100}",
+           "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]  # fmt: skip
+    trees = {"after": ROOT, "before": Path(args.before)}
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    for repeat in range(args.repeats + 1):  # the first round only fills the decode cache
+        for name, tree in trees.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                env = {**os.environ, "PYTHONPATH": str(tree), "HPMKD_CACHE": f"{tmp}/cache",
+                       "HPMKD_OUTPUTS": f"{tmp}/out"}  # fmt: skip
+                command = [sys.executable, "-m", "hpmkd.cli", *job]
+                done = subprocess.run(command, capture_output=True, text=True, cwd=tree, env=env)
+                if done.returncode:
+                    raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+                (found,) = Path(tmp, "out").rglob("results.json")
+                seconds = json.loads(found.read_text())["train_time_s"]
+            if repeat:
+                times[name].append(seconds)
+                print(f"repeat {repeat}: {name} train_time_s {seconds:.1f}")
+    median = {name: statistics.median(v) for name, v in times.items()}
+    print(
+        f"in-memory CIFAR JPEG, resnet8, {args.steps or 100} steps of batch 128, median of "
+        f"{args.repeats}: before {median['before']:.1f} s, after {median['after']:.1f} s, "
+        f"after / before {median['after'] / median['before']:.3f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["speed", "rss", "one-speed", "rss-run", "rss-measure"])
+    parser.add_argument(
+        "what", choices=["speed", "rss", "in-memory", "one-speed", "rss-run", "rss-measure"]
+    )
+    parser.add_argument("--before", help="in-memory: an unpacked tree of the earlier commit")
     parser.add_argument("--quick", action="store_true", help="fewer steps, one repeat")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -358,11 +397,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.repeats = 1
-    if args.what in ("speed", "rss"):
+    if args.what in ("speed", "rss", "in-memory"):
         print(f"CPU: {cpu_name()}, {torch.get_num_threads()} torch threads; figures are ratios "
               "measured in this one invocation")  # fmt: skip
-    {"speed": speed, "rss": rss, "one-speed": one_speed, "rss-run": rss_run,
-     "rss-measure": rss_measure}[args.what](args)  # fmt: skip
+    {"speed": speed, "rss": rss, "in-memory": in_memory, "one-speed": one_speed,
+     "rss-run": rss_run, "rss-measure": rss_measure}[args.what](args)  # fmt: skip
 
 
 if __name__ == "__main__":

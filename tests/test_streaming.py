@@ -154,6 +154,8 @@ def test_bad_transforms_are_refused_with_their_place():
         pipelines({"train": [], "eval": [{"Normalize": {"mean": [0], "std": [1]}}]})
     with pytest.raises(UserError, match=r"RandomResizedCrop\(\{'sise': 3\}\) failed"):
         pipelines({"train": [{"RandomResizedCrop": {"sise": 3}}]})
+    with pytest.raises(UserError, match=r"MixUp mixes whole batches"):
+        pipelines({"train": [{"MixUp": {"alpha": 0.2}}]})
     target = {"_target_": "torchvision.transforms.v2.CenterCrop", "size": 4}
     (crop,) = pipelines({"train": [target]})["train"].transforms
     assert tuple(crop.size) == (4, 4)

@@ -27,6 +27,8 @@ IMAGENET_EVAL = [{"Resize": {"size": 256}}, {"CenterCrop": {"size": 224}}]
 IMAGENET_TRAIN = [{"RandomResizedCrop": {"size": 224}}, "RandomHorizontalFlip"]
 
 _NORMALISING = frozenset({"Normalize", "ToDtype", "ToTensor", "ConvertImageDtype", "ToPILImage"})
+# batch transforms: they mix labels into soft targets, which the training step does not take
+_BATCH = frozenset({"MixUp", "CutMix"})
 # transforms whose output is a function of the input alone (no random draw)
 DETERMINISTIC = frozenset(
     {"Resize", "CenterCrop", "Grayscale", "RGB", "Pad", "Identity", "PILToTensor", "ToImage"}
@@ -48,7 +50,7 @@ def _transform_names() -> list[str]:
         for n in dir(v2)
         if isinstance(getattr(v2, n), type)
         and issubclass(getattr(v2, n), v2.Transform)
-        and n not in _NORMALISING
+        and n not in _NORMALISING | _BATCH
     )
 
 
@@ -77,6 +79,11 @@ def _parse(item: Any, where: str) -> tuple[str, Any, dict]:
         raise UserError(
             f"{where}: {name} is not allowed: images stay uint8 until the device normalises them "
             "with data.normalize"
+        )
+    if name in _BATCH:
+        raise UserError(
+            f"{where}: {name} mixes whole batches into soft labels; batch transforms are not "
+            "supported on the streaming path yet"
         )
     if cls is None:
         valid = _transform_names()
