@@ -27,6 +27,8 @@ SOURCE_TABLE: dict[str, str] = {
     "cifar100": "cifar",
     "fashion_mnist": "fashion_mnist",
     "image_folder": "image_folder",
+    "hf": "hf_datasets",
+    "torchvision": "torchvision_dataset",
     "imagenet": "imagenet",
     "tiny_imagenet": "imagenet",
     "csv": "csv_table",
