@@ -102,6 +102,10 @@ def test_image_sizes_must_agree_in_memory(tmp_path: Path) -> None:
         load_data(_cfg(root, stream="false", val_fraction=0.0, test_fraction=0.5))
     data = load_data(_cfg(root, stream="false", resize=[8, 8], val_fraction=0, test_fraction=0.5))
     assert data.input_shape == (3, 8, 8) and len(data.y_train) + len(data.y_test) == 12
+    grey = [image.convert("L") for image in small]
+    _image_set(grey + small, labels + labels).save_to_disk(str(tmp_path / "grey"))
+    data = load_data(_cfg(tmp_path / "grey", stream="false", val_fraction=0, test_fraction=0.5))
+    assert data.input_shape == (3, 8, 8)  # grey images made RGB beside colour ones
 
 
 def _table() -> datasets.Dataset:

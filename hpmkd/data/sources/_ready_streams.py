@@ -1,11 +1,12 @@
-"""Splits from a library's own datasets (``hf``, ``torchvision``): their normalisation, and
-StreamSplits from three ready Datasets (the transforms checked, the input shape measured)."""
+"""Splits from a library's own datasets (``hf``, ``torchvision``): decoded images stacked, their
+normalisation, and StreamSplits from three ready Datasets (transforms checked, shape measured)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -21,6 +22,31 @@ log = logging.getLogger("hpmkd")
 
 # training images (after the eval transform) the normalisation statistics are estimated on
 STATS_SAMPLE = 256
+
+
+def stack_images(decoded: Mapping[str, list[np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Each split's HxW (grey) or HxWx3 uint8 arrays as one uint8 NCHW tensor; one size over
+    every split (else a UserError naming data.resize and data.stream), grey made RGB when any
+    image has colour."""
+    every = [a for arrays in decoded.values() for a in arrays]
+    sizes = sorted({a.shape[:2] for a in every})
+    if len(sizes) > 1:
+        examples = ", ".join(f"{w}x{h}" for h, w in sizes[:3])
+        raise UserError(
+            f"images come in {len(sizes)} sizes (e.g. {examples} WxH); set data.resize=[H,W] to "
+            "decode them at one size, or data.stream=true to stream them through data.transforms"
+        )
+    colour = any(a.ndim == 3 for a in every)
+    out = {}
+    for split, arrays in decoded.items():
+        if not arrays:  # an empty split (val_fraction 0)
+            out[split] = torch.zeros((0, 3 if colour else 1, *sizes[0]), dtype=torch.uint8)
+            continue
+        arrays = [a if a.ndim == 3 else a[:, :, None] for a in arrays]
+        if colour:
+            arrays = [a if a.shape[2] == 3 else np.repeat(a, 3, axis=2) for a in arrays]
+        out[split] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return out
 
 
 def normalisation(

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from torch.utils.data import Dataset
 
 from hpmkd.data.registry import register_source
@@ -23,7 +22,7 @@ from hpmkd.data.stream import StreamSplits, should_stream
 from hpmkd.errors import UserError
 
 from ._common import configured_splits, label_tensor, one_line, option
-from ._ready_streams import normalisation, ready_stream_splits
+from ._ready_streams import normalisation, ready_stream_splits, stack_images
 from ._tabular import encode_labels, tabular_splits
 
 log = logging.getLogger("hpmkd")
@@ -295,15 +294,6 @@ def _decode_split(table: Any, column: str, resize: tuple[int, int] | None) -> li
     return [_decode(row[column], resize) for row in table.select_columns([column])]
 
 
-def _stack(arrays: list[np.ndarray], colour: bool, size: tuple[int, int]) -> torch.Tensor:
-    if not arrays:  # an empty split (val_fraction 0)
-        return torch.zeros((0, 3 if colour else 1, *size), dtype=torch.uint8)
-    arrays = [a if a.ndim == 3 else a[:, :, None] for a in arrays]
-    if colour:
-        arrays = [a if a.shape[2] == 3 else np.repeat(a, 3, axis=2) for a in arrays]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
 def _images(
     cfg: Mapping, splits: dict, columns: tuple[str, str], codes: dict, class_names: list[str]
 ) -> DataSplits | StreamSplits:
@@ -322,18 +312,7 @@ def _images(
             identity=_identity(cfg, splits, columns),
             name=_display_name(cfg),
         )
-    decoded = {s: _decode_split(t, column, resize) for s, (t, _) in parts.items()}
-    every = [a for arrays in decoded.values() for a in arrays]
-    sizes = {a.shape[:2] for a in every}
-    if len(sizes) > 1:
-        examples = [f"{w}x{h}" for h, w in sorted(sizes)[:3]]
-        raise UserError(
-            f"images come in {len(sizes)} sizes (e.g. {', '.join(examples)} WxH); set "
-            "data.resize=[H,W] to decode them at one size, or data.stream=true to "
-            "stream them through data.transforms"
-        )
-    colour = any(a.ndim == 3 for a in every)
-    x = {s: _stack(arrays, colour, next(iter(sizes))) for s, arrays in decoded.items()}
+    x = stack_images({s: _decode_split(t, column, resize) for s, (t, _) in parts.items()})
     mean, std = normalisation(cfg, x["train"], _display_name(cfg))
     return DataSplits(
         name=_display_name(cfg),

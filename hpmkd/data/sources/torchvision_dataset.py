@@ -24,7 +24,7 @@ from hpmkd.data.stream import StreamSplits, should_stream
 from hpmkd.errors import UserError
 
 from ._common import configured_splits, label_tensor, one_line, option
-from ._ready_streams import normalisation, ready_stream_splits
+from ._ready_streams import normalisation, ready_stream_splits, stack_images
 from ._torchvision import open_split
 
 log = logging.getLogger("hpmkd")
@@ -142,24 +142,15 @@ def _as_array(image: Any) -> np.ndarray:
     return np.asarray(image.convert("L" if grey else "RGB"), dtype=np.uint8)
 
 
-def _decode(dataset: Dataset, resize: list | None) -> torch.Tensor:
-    """Every image of a split as uint8 NCHW, resized to ``resize`` = [H, W] when given."""
-    arrays = []
-    for i in range(len(dataset)):
-        image = dataset[i][0]
-        if resize is not None:
-            from PIL import Image
+def _decode(dataset: Dataset, resize: list | None) -> list[np.ndarray]:
+    """Every image of a split as a uint8 array, resized to ``resize`` = [H, W] when given."""
+    from PIL import Image
 
-            image = image.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
-        arrays.append(_as_array(image))
-    sizes = {a.shape[:2] for a in arrays}
-    if len(sizes) > 1:
-        raise UserError(
-            f"images come in {len(sizes)} sizes; set data.resize=[H,W] to decode them at one "
-            "size, or data.stream=true to stream them through data.transforms"
-        )
-    stacked = np.stack([a if a.ndim == 3 else a[:, :, None] for a in arrays])
-    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+    images = (dataset[i][0] for i in range(len(dataset)))
+    if resize is None:
+        return [_as_array(image) for image in images]
+    size = (resize[1], resize[0])
+    return [_as_array(image.resize(size, Image.Resampling.BILINEAR)) for image in images]
 
 
 @register_source("torchvision")
@@ -191,10 +182,7 @@ def load(cfg: Mapping) -> DataSplits | StreamSplits:
             identity=_identity(cfg, cls, opened),
             name=name,
         )
-    x = {split: _decode(dataset, resize) for split, (dataset, _) in parts.items()}
-    shapes = {tuple(t.shape[1:]) for t in x.values() if len(t)}
-    if len(shapes) > 1:
-        raise UserError(f"{name}'s splits hold images of different shapes {sorted(shapes)}")
+    x = stack_images({split: _decode(dataset, resize) for split, (dataset, _) in parts.items()})
     mean, std = normalisation(cfg, x["train"], name)
     return DataSplits(
         name=name,
