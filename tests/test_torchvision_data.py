@@ -86,6 +86,14 @@ def test_food101_streamed(food_root: Path) -> None:
     }
 
 
+def test_a_class_without_splits_gets_test_and_val_carved(food_root: Path) -> None:
+    folder = food_root / "food-101" / "images"  # ImageFolder: class folders, no split argument
+    data = load_data(_cfg(folder, "ImageFolder", stream="false", val_fraction=0.25))
+    assert data.class_names == FOODS and data.input_shape == (3, 16, 16)
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (36, 12, 12)
+    assert torch.bincount(data.y_test).tolist() == [4, 4, 4]
+
+
 def _idx(path: Path, array: np.ndarray) -> None:
     """An idx file as MNIST's raw files: magic (type 8 = uint8, rank), sizes, bytes."""
     header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
