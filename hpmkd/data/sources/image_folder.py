@@ -194,13 +194,15 @@ def load(cfg: Mapping) -> DataSplits | StreamSplits:
 
 
 def _first_image(path: Path) -> tuple[int, tuple[int, int]]:
-    """Channels (1 grey, else 3) and (H, W) of one image, from its header."""
+    """Channels (1 grey, else 3) and (H, W) of one image, for the in-memory vs streaming choice
+    (decoded by torchvision.io: a cached in-memory folder is never opened with PIL again)."""
+    from torchvision.io import decode_image, read_file
+
     try:
-        with Image.open(path) as image:
-            grey = image.getbands()[0] in {"1", "L", "I", "F"}
-            return (1 if grey else 3), (image.height, image.width)
-    except OSError as err:
+        image = decode_image(read_file(str(path)))
+    except RuntimeError as err:
         raise UserError(f"cannot decode image {path}: {one_line(err)}") from None
+    return (1 if image.shape[0] <= 2 else 3), (int(image.shape[1]), int(image.shape[2]))
 
 
 def _default_transforms(cfg: Mapping, size: tuple[int, ...]) -> dict:
