@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, R
 from lightning.pytorch.loggers import Logger
 
 from hpmkd.data.loader import SplitsDataModule, split_size
-from hpmkd.engine.fused import FusedEpochs, fused_refusal
+from hpmkd.engine.fused import FusedEpochs, direct_steps, fused_refusal
 from hpmkd.engine.module import DistillModule
 from hpmkd.engine.packed import FitRequest, current_member
 from hpmkd.errors import UserError
@@ -239,7 +239,7 @@ def fit_data(
     """The data module ``trainer.fit`` gets: fused epochs where they give the same results
     (``engine/fused.py``), else ``datamodule`` with each rank's share of the batch."""
     refusal = fused_refusal(datamodule, trainer, trainer.callbacks)
-    module.use_fused_epochs(refusal is None)
+    module.use_fused_epochs(refusal is None, direct_steps(trainer, module))
     if refusal is None:
         return FusedEpochs(datamodule)  # type: ignore[arg-type]
     log.debug("per-batch loop: %s", refusal)

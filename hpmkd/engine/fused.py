@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
@@ -74,6 +75,17 @@ class FusedEpochs(L.LightningDataModule):
 
 
 _BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step",
+               "on_before_zero_grad")  # fmt: skip
+
+
+def direct_steps(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    """Whether no callback, no module hook and no precision plugin acts between a fused step's
+    backward and its optimiser step (then the fused loop calls them directly)."""
+    hooks = [(type(c), Callback) for c in trainer.callbacks] + [(type(module), L.LightningModule)]
+    overridden = any(getattr(kind, h) is not getattr(base, h) for kind, base in hooks
+                     for h in _STEP_HOOKS)  # fmt: skip
+    return not overridden and type(trainer.precision_plugin) is Precision
 
 
 def fused_refusal(

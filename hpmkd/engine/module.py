@@ -109,6 +109,7 @@ class DistillModule(L.LightningModule):
             self.teacher = online if teacher_cache is None else CachedTeacher(online, teacher_cache)
         self.student_tap: FeatureTap | None = None
         self.fused_epochs = False  # set by fit: the train loader yields one EpochBatches per epoch
+        self.direct_steps = False
         self._epoch_sums: dict[str, Tensor] = {}
         self._loss_terms: set[str] = set()
         self._epoch_samples = 0
@@ -155,9 +156,12 @@ class DistillModule(L.LightningModule):
         """The transformed batch in the memory format the models run fastest in."""
         return channels_last_input(x) if self.channels_last else x
 
-    def use_fused_epochs(self, on: bool) -> None:
-        """The fused epoch loop (``engine/fused.py``, manual optimisation) or Lightning's own."""
+    def use_fused_epochs(self, on: bool, direct: bool = False) -> None:
+        """The fused epoch loop (``engine/fused.py``, manual optimisation) or Lightning's own;
+        ``direct``: backward and optimiser step without Lightning's per-step hooks (no callback
+        and no precision plugin needs them)."""
         self.fused_epochs = on
+        self.direct_steps = on and direct
         self.automatic_optimization = not on
 
     def training_step(self, batch: Batch | EpochBatches, batch_idx: int) -> Tensor | None:
@@ -170,9 +174,16 @@ class DistillModule(L.LightningModule):
         optimizer = self.optimizers()
         for index in epoch.batches:
             loss = self._step((epoch.x[index], epoch.y[index], index))
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
+            if self.direct_steps:
+                optimizer.optimizer.zero_grad()
+                loss.backward()
+                optimizer._on_before_step()  # Lightning's step count (global_step)
+                optimizer.optimizer.step()
+                optimizer._on_after_step()
+            else:
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                optimizer.step()
 
     def _step(self, batch: Batch) -> Tensor:
         x, y, index = batch

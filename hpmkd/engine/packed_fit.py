@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,9 +135,9 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     states = [r.rng_state for r in requests]
     rng = torch.get_rng_state()
     for r in requests:
-        if r.module.teacher is not None:
-            r.module.teacher.to(splits.x_train.device)
         _callbacks(r, "on_train_start", 0)
+    tables = _teacher_tables(modules, splits)
+    groups = _loss_groups(modules)
     n, batch_size = len(splits.y_train), first.datamodule.batch_size
     val_history: list[list[float]] = [[] for _ in requests]
     curves: list[dict[str, list[float | None]]] = [{} for _ in requests]
@@ -150,16 +151,22 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
             orders.append(batches)
         for m in modules:
             m.method.epoch = epoch
-        sums = [dict[str, Tensor]() for _ in requests]
+        sums: dict[str, Tensor] = {}
         base.train()
         for step in range(len(orders[0])):
             index = torch.stack([order[step] for order in orders])
             xs, ys = splits.x_train[index], splits.y_train[index]
             logits = train_forward(params, buffers, xs)
             total = torch.zeros(())
-            for k, m in enumerate(modules):
-                loss = _member_loss(m, logits[k], xs[k], ys[k], index[k], sums[k])
-                total = total + loss
+            for method, members in groups:
+                teacher = None if tables is None else tables[members.unsqueeze(1), index[members]]
+                terms = _group_terms(method, logits[members], teacher, ys[members], index[members])
+                for term, value in terms.items():
+                    weighted = value.detach() * index.shape[1]
+                    sums[term] = sums.get(term, torch.zeros(len(requests))).index_add(
+                        0, members, weighted
+                    )
+                total = total + terms["loss"].sum()
             optimizer.zero_grad()
             total.backward()
             optimizer.step()
@@ -168,7 +175,7 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
         with torch.no_grad():
             accs = _accuracy(eval_forward(params, buffers, splits.x_val), splits.y_val)
         for k, r in enumerate(requests):
-            means = {t: float(v) / n for t, v in sums[k].items()}
+            means = {t: float(v[k]) / n for t, v in sums.items()}
             temperature = getattr(r.module.method, "temperature", None)
             if temperature is not None:
                 means["temperature"] = float(temperature)
@@ -202,17 +209,53 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     return results
 
 
-def _member_loss(
-    module: Any, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, sums: dict[str, Tensor]
-) -> Tensor:
-    """The member's loss on its batch, as ``DistillModule._step`` computes it."""
-    x, view = module.transform.augment(x)
-    teacher = module.teacher(x, index, view) if module.teacher is not None else None
-    losses = module.method(ModelOutputs(logits, {}), teacher, y, index)
-    loss = torch.stack(list(losses.values())).sum()
-    for term, value in {**losses, "loss": loss, **module.method.step_metrics()}.items():
-        sums[term] = sums.get(term, 0.0) + value.detach() * len(y)
-    return loss
+def _teacher_tables(modules: Sequence[Any], splits: DataSplits) -> Tensor | None:
+    """Each member's teacher logits for every training sample, ``[members, samples, classes]``,
+    read once: tabular data has one view per sample, so a step's teacher outputs are rows of
+    this table (the same fp16-rounded rows the prediction cache gives a fit alone)."""
+    if modules[0].teacher is None:
+        return None
+    index = torch.arange(len(splits.y_train), device=splits.x_train.device)
+    tables = []
+    for module in modules:
+        x, view = module.transform.augment(splits.x_train)
+        module.teacher.to(x.device)
+        tables.append(module.teacher(x, index, view).logits)
+    return torch.stack(tables)
+
+
+def _settings(method: DistillMethod) -> tuple:
+    scalars = (int, float, str, bool, type(None))
+    return type(method), tuple(
+        sorted((k, v) for k, v in vars(method).items() if isinstance(v, scalars))
+    )
+
+
+def _loss_groups(modules: Sequence[Any]) -> list[tuple[DistillMethod, Tensor]]:
+    """Members whose methods have the same settings (a seed sweep: all of them), so that one
+    vmapped call computes their losses; with the members' positions in the pack."""
+    groups: dict[tuple, tuple[DistillMethod, list[int]]] = {}
+    for k, module in enumerate(modules):
+        groups.setdefault(_settings(module.method), (module.method, []))[1].append(k)
+    return [(method, torch.tensor(members)) for method, members in groups.values()]
+
+
+def _group_terms(
+    method: DistillMethod, logits: Tensor, teacher: Tensor | None, y: Tensor, index: Tensor
+) -> dict[str, Tensor]:
+    """Per member of a loss group: its named loss terms, their sum ``loss`` and the method's
+    step metrics, as ``DistillModule._step`` computes them for one fit."""
+
+    def one(s: Tensor, t: Tensor | None, labels: Tensor, idx: Tensor) -> dict[str, Tensor]:
+        target = None if t is None else ModelOutputs(t, {})
+        losses = method(ModelOutputs(s, {}), target, labels, idx)
+        loss = torch.stack(list(losses.values())).sum()
+        return {**losses, "loss": loss, **method.step_metrics()}
+
+    in_dims = (0, None if teacher is None else 0, 0, 0)
+    with warnings.catch_warnings():  # kl_div has no batching rule yet: torch loops over members
+        warnings.filterwarnings("ignore", message=".*batching rule for aten::kl_div.*")
+        return vmap(one, in_dims=in_dims)(logits, teacher, y, index)
 
 
 def _callbacks(request: FitRequest, hook: str, epoch: int) -> None:
@@ -259,7 +302,7 @@ def _finish(
     _callbacks(request, "on_train_end", epochs)
     teacher = module.teacher
     for callback in request.callbacks:
-        if isinstance(callback, CacheCounts):
+        if isinstance(callback, CacheCounts):  # the one lookup of the table
             callback.counts = {"hits": teacher.hits, "misses": teacher.misses}
     for logger in request.loggers or ():
         logger.log_hyperparams(dict(module.hparams))
