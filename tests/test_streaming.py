@@ -161,6 +161,11 @@ def test_bad_transforms_are_refused_with_their_place():
     assert tuple(crop.size) == (4, 4)
 
 
+def test_bad_worker_count_is_refused_when_the_data_loads(imagenet):
+    with pytest.raises(UserError, match="data.workers must be auto or an int >= 0, got -1"):
+        load_data(_cfg(root=str(imagenet), workers=-1))
+
+
 def test_worker_count_follows_the_cores_and_the_batches(monkeypatch):
     monkeypatch.setattr("hpmkd.data.stream_loader.cpu_count", lambda: 16)
     assert auto_workers(10_000, 256) == 8  # capped

@@ -10,6 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from hpmkd.data.stream import StreamSplits
+from hpmkd.data.stream_loader import configured_workers
 from hpmkd.data.stream_transforms import pipelines
 from hpmkd.errors import UserError
 
@@ -34,6 +35,7 @@ def stream_splits(
     """The val split is ``data.val_fraction`` of train (stratified, ``data.split_seed``);
     ``transforms`` (default: ``data.transforms``) must build; ``data.normalize`` null mean/std
     are estimated on ``STATS_SAMPLE`` training images through the eval pipeline (logged)."""
+    configured_workers(option(cfg, "workers"), 1, 1)  # refused here, before any training
     transforms = transforms if transforms is not None else option(cfg, "transforms", {})
     built = pipelines(transforms)
     parts = configured_splits(cfg, np.asarray(train.labels), official_test=True)
