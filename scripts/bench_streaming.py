@@ -352,7 +352,7 @@ def in_memory(args: argparse.Namespace) -> None:
     if root is None:
         raise SystemExit(f"{SHARED_CIFAR} absent")
     job = ["train", "data=cifar10_jpeg", f"data.root={root}", "student=resnet8", "recipe=smoke",
-           "recipe.epochs=1", f"trainer.limit_train_batches={args.steps or 100}",
+           "recipe.epochs=1", f"+trainer.limit_train_batches={args.steps or 100}",
            "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]  # fmt: skip
     trees = {"after": ROOT, "before": Path(args.before)}
     times: dict[str, list[float]] = {name: [] for name in trees}
