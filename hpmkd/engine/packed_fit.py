@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
-from torch.utils.data import BatchSampler, RandomSampler
+from torch.utils.data import RandomSampler
 
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
@@ -87,14 +87,15 @@ def pack_signature(request: FitRequest) -> tuple:
     )
 
 
-def _draw(state: Tensor, n: int, batch_size: int, has_val: bool) -> tuple[list[Tensor], Tensor]:
-    """One epoch's batches under a member's RNG state, drawn as its Lightning fit draws them."""
+def _draw(state: Tensor, n: int, has_val: bool) -> tuple[Tensor, Tensor]:
+    """One epoch's sample order under a member's RNG state, drawn as its Lightning fit draws it
+    (its batches are consecutive slices of it); and the RNG state after the epoch's draws."""
     torch.set_rng_state(state)
     torch.empty((), dtype=torch.int64).random_()  # the train loader iterator's base seed
-    batches = [torch.as_tensor(b) for b in BatchSampler(RandomSampler(range(n)), batch_size, False)]
+    order = torch.as_tensor(list(RandomSampler(range(n))))
     if has_val:
         torch.empty((), dtype=torch.int64).random_()  # the validation loader's
-    return batches, torch.get_rng_state()
+    return order, torch.get_rng_state()
 
 
 def _accuracy(logits: Tensor, y: Tensor, k: int = 1) -> Tensor:
@@ -147,14 +148,15 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     for epoch in range(first.epochs):
         orders = []
         for k in range(len(requests)):
-            batches, states[k] = _draw(states[k], n, batch_size, has_val)
-            orders.append(batches)
+            order, states[k] = _draw(states[k], n, has_val)
+            orders.append(order)
+        stacked = torch.stack(orders)  # [members, samples]: each member's sample order
         for m in modules:
             m.method.epoch = epoch
         sums: dict[str, Tensor] = {}
         base.train()
-        for step in range(len(orders[0])):
-            index = torch.stack([order[step] for order in orders])
+        for start in range(0, n, batch_size):
+            index = stacked[:, start : start + batch_size]
             xs, ys = splits.x_train[index], splits.y_train[index]
             logits = train_forward(params, buffers, xs)
             total = torch.zeros(())
