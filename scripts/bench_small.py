@@ -10,7 +10,8 @@
    and stored before): unpacked (the faster of Hydra's sequential launcher and
    ``hydra/launcher=parallel``) against ``hydra/launcher=packed``, as wall time of the command.
 
-Setups are interleaved (A B A B) and each ratio is the median over ``--repeats``. Ends with one
+Setups are interleaved (A B A B) and each ratio is the median over ``--repeats`` (the sweeps:
+``--sweep-repeats``). Ends with one
 line ``hpmkd / plain loop: A.AAx, packed / unpacked sweep: B.BBx``: A is the slower of CE and KD
 as plain_time / hpmkd_time (>= 1.0: hpmkd is as fast), B is unpacked_time / packed_time.
 
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="student epochs (default 200)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (3)")
     parser.add_argument("--seeds", type=int, default=8, help="members of the sweep")
+    parser.add_argument("--sweep-repeats", type=int, default=1, help="interleaved sweep repeats")
     parser.add_argument(
         "--data",
         default=str(ROOT.parent / "shared" / "data"),
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     speed = min(ce_ratio, kd_ratio)
     packed_ratio = float("nan")
     if not args.skip_sweep:
-        packed_ratio = bench_sweep(args, epochs, repeats, work)
+        packed_ratio = bench_sweep(args, epochs, args.sweep_repeats, work)
     print(f"hpmkd / plain loop: {speed:.2f}x, packed / unpacked sweep: {packed_ratio:.2f}x")
 
 
