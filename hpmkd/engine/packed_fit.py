@@ -55,6 +55,9 @@ def pack_refusal(request: FitRequest) -> str | None:
         return "the student has buffers (BatchNorm) or dropout"
     if getattr(module.optimizer_factory, "func", None) not in ELEMENTWISE:
         return "its optimiser is not SGD, Adam or AdamW"
+    accelerator = kwargs.get("accelerator", "auto")
+    if accelerator != "cpu" and (accelerator != "auto" or torch.cuda.is_available()):
+        return f"accelerator {accelerator}: packs train on the CPU only (GPU packs not built yet)"
     if kwargs.get("precision") not in FP32 or kwargs.get("gradient_clip_val"):
         return "precision other than 32-true, or gradient clipping"
     if kwargs.get("accumulate_grad_batches", 1) != 1 or str(kwargs.get("devices", 1)) != "1":
