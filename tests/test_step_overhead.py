@@ -66,3 +66,17 @@ def test_fused_epochs_match_the_per_batch_loop(
         for run in ("fused", "loop")
     ]
     assert steps[0] == steps[1] > 3  # one optimiser step per batch, counted as Lightning counts
+
+
+def test_bench_small_parses_its_options() -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_small.py"
+    spec = importlib.util.spec_from_file_location("bench_small", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--quick", "--seeds", "4"])
+    assert args.quick and args.seeds == 4 and not args.skip_sweep
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--no-such-option"])
