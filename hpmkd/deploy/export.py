@@ -80,6 +80,7 @@ EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, dict], Path]] = {
 def export(model: nn.Module, example: torch.Tensor, out: Path, fmt: str, metadata: dict) -> Path:
     """``out`` + the format's suffix; ``example`` is a raw input batch (its batch size > 1)."""
     path = out.with_suffix(SUFFIX[fmt])
+    example = example.clone()  # a view would bring its whole storage into a .pt2's sample inputs
     with torch.no_grad():
         return EXPORTERS[fmt](model.eval(), example, path, metadata)
 
