@@ -279,8 +279,10 @@ def _finish(
     train_time: float,
     global_step: int,
 ) -> FitResult:
-    """Test the member's last and best weights, write its checkpoints, leave the best weights
-    in its student (as testing the best checkpoint does in a fit alone)."""
+    """Test the member's last and best weights, write its best checkpoint, leave the best
+    weights in its student (as testing the best checkpoint does in a fit alone). No resumable
+    ``last.ckpt`` (it would need Lightning's loop states): a packed member interrupted before
+    its results retrains its student on resume."""
     module = request.module
     splits: DataSplits = request.datamodule.splits
     student = module.student
@@ -298,7 +300,6 @@ def _finish(
 
     last_member = {name: w[k] for name, w in last.items()}
     test_last, top5 = test(last_member)
-    _checkpoint(request, "last", epochs, global_step)
     test_best = None
     if best is not None:
         test_best, _ = test(best)
