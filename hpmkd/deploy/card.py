@@ -26,7 +26,10 @@ def _input_text(contract: dict[str, Any]) -> str:
         )
     table = spec.get("transform")
     if not table:
-        return f"float rows of {shape} features, as the run was given them (no preprocessing)"
+        return (
+            f"float32 rows of {shape} features as the data source delivered them to training "
+            "(hpmkd recorded no preprocessing to undo)"
+        )
     numeric = ", ".join(table["columns"])
     onehot = "".join(
         f"; then one-hot columns of `{c}` ({', '.join(values)})"

@@ -3,19 +3,23 @@ architecture, classes, and how raw inputs became the tensors it was trained on."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
 from hpmkd.io import write_json_atomic
 
+if TYPE_CHECKING:
+    from hpmkd.data.stream import StreamSplits
+
 CONTRACT_FILE = "deploy.json"
-STUDENT_FILE = "student.pt"
+STUDENT_FILE = "student.pt"  # as engine.context writes it (not imported: it pulls in Lightning)
 CONTRACT_VERSION = 1
 
 
-def input_contract(data: DataSplits) -> dict[str, Any]:
+def input_contract(data: DataSplits | StreamSplits) -> dict[str, Any]:
     """Images: uint8 NCHW, ``(x / 255 - mean) / std`` per channel; tables: the training split's
     preprocessing (``DataSplits.table_transform``), or none for data given as float tensors."""
     if data.is_image:
@@ -24,11 +28,11 @@ def input_contract(data: DataSplits) -> dict[str, Any]:
             "mean": list(data.mean or (0.0,)),
             "std": list(data.std or (1.0,)),
         }
-    return {"kind": "table", "transform": data.table_transform}
+    return {"kind": "table", "transform": getattr(data, "table_transform", None)}
 
 
 def build_contract(
-    arch: str, params: dict[str, Any], data: DataSplits, extra: dict[str, Any] | None = None
+    arch: str, params: dict[str, Any], data: DataSplits | StreamSplits
 ) -> dict[str, Any]:
     return {
         "version": CONTRACT_VERSION,
@@ -39,7 +43,6 @@ def build_contract(
         "input_shape": list(data.input_shape),
         "data": data.name,
         "input": input_contract(data),
-        **(extra or {}),
     }
 
 
@@ -52,8 +55,6 @@ def write_contract(out_dir: Path, contract: dict[str, Any]) -> Path:
 def read_contract(run_dir: Path) -> dict[str, Any]:
     """The run's contract; a UserError for a directory that is no finished run, or a run
     made before runs saved it."""
-    import json
-
     if not (run_dir / STUDENT_FILE).is_file():
         raise UserError(f"{run_dir} holds no {STUDENT_FILE}: not a finished hpmkd run directory")
     path = run_dir / CONTRACT_FILE

@@ -14,8 +14,7 @@ from omegaconf import OmegaConf
 from hpmkd.data import DataSplits, load_data
 from hpmkd.deploy.wrapper import raw_inputs
 from hpmkd.errors import UserError
-
-RESULTS_FILE = "results.json"
+from hpmkd.results import RESULTS_FILE
 
 
 def run_results(run_dir: Path) -> dict[str, Any]:
