@@ -3,6 +3,7 @@ in eager PyTorch and in each exported format, on CPU or CUDA; ``bench.json`` in 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -37,10 +38,10 @@ def _runner(
     runtime: str, model: Deployable, example: torch.Tensor, tmp: Path, device: str, threads: int
 ) -> tuple[Callable[[torch.Tensor], Any], int]:
     """A function running a raw batch on ``runtime``, and the bytes of its file."""
-    if runtime == "eager":
-        module = model.to(device)
+    if runtime == "eager":  # a copy: the exports below need the model on the CPU
+        module = copy.deepcopy(model).to(device)
         return _no_grad(module), state_size(model.model)
-    path = export(model.cpu(), example, tmp / f"{id(model)}", runtime, {})
+    path = export(model, example, tmp / f"{id(model)}", runtime, {})
     size = path.stat().st_size
     if runtime == "onnx":
         session = onnx_session(path, threads, device)
