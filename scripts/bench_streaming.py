@@ -346,15 +346,15 @@ def rss(args: argparse.Namespace) -> None:
 
 
 def in_memory(args: argparse.Namespace) -> None:
-    """`hpmkd train` on the in-memory CIFAR JPEG path from this tree and from ``--before`` (an
-    unpacked earlier commit), fresh processes, interleaved; the fit's train_time_s compared."""
+    """`hpmkd train` on the in-memory CIFAR JPEG path from ``--after`` (default: this tree) and
+    ``--before`` (unpacked commits), fresh processes, interleaved; the fit's train_time_s."""
     root = cifar_folder(Path(tempfile.gettempdir()) / "hpmkd-bench-streaming")
     if root is None:
         raise SystemExit(f"{SHARED_CIFAR} absent")
     job = ["train", "data=cifar10_jpeg", f"data.root={root}", "student=resnet8", "recipe=smoke",
            "recipe.epochs=1", f"+trainer.limit_train_batches={args.steps or 100}",
            "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"]  # fmt: skip
-    trees = {"after": ROOT, "before": Path(args.before)}
+    trees = {"after": Path(args.after or ROOT), "before": Path(args.before)}
     times: dict[str, list[float]] = {name: [] for name in trees}
     for repeat in range(args.repeats + 1):  # the first round only fills the decode cache
         for name, tree in trees.items():
@@ -386,6 +386,7 @@ def main() -> None:
         "what", choices=["speed", "rss", "in-memory", "one-speed", "rss-run", "rss-measure"]
     )
     parser.add_argument("--before", help="in-memory: an unpacked tree of the earlier commit")
+    parser.add_argument("--after", help="in-memory: the later tree (default: this one)")
     parser.add_argument("--quick", action="store_true", help="fewer steps, one repeat")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
