@@ -135,4 +135,14 @@ def print_summary(results: dict[str, Any], path: Path, console: Console | None =
             f"compression {results['compression_ratio']:.1f}x, "
             f"retention {100 * (results['retention'] or 0):.1f} % of the teacher's test accuracy"
         )
+    cost = results.get("cost") or {}
+    student, teacher = cost.get("student") or {}, cost.get("teacher") or {}
+    if student.get("flops"):
+        line = f"student {student['flops']:,} FLOPs per sample"
+        if teacher.get("flops"):
+            ratio = teacher["flops"] / student["flops"]
+            line += f", teacher {teacher['flops']:,} ({ratio:.1f}x)"
+        if student.get("latency_ms") is not None:
+            line += f"; CPU latency {student['latency_ms']:.3f} ms at batch 1 (bench=true)"
+        console.print(line)
     console.print(f"results: {path}")
