@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hpmkd"
-LOWER = ("hpm", "engine", "methods", "models", "data")
+LOWER = ("hpm", "engine", "methods", "models", "data", "deploy")
 
 
 def strategy_imports(path: Path) -> list[str]:
