@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -258,9 +257,7 @@ def _group_terms(
         return {**losses, "loss": loss, **method.step_metrics()}
 
     in_dims = (0, None if teacher is None else 0, 0, 0)
-    with warnings.catch_warnings():  # kl_div has no batching rule yet: torch loops over members
-        warnings.filterwarnings("ignore", message=".*batching rule for aten::kl_div.*")
-        return vmap(one, in_dims=in_dims)(logits, teacher, y, index)
+    return vmap(one, in_dims=in_dims)(logits, teacher, y, index)
 
 
 def _callbacks(request: FitRequest, hook: str, epoch: int) -> None:

@@ -12,11 +12,13 @@ def tempered_kl_per_sample(
     """``T^2 * KL(softmax(z_t / T) || softmax(z_s / T))`` of each sample, shape (N,).
 
     Teacher distribution first, both sides as log-probabilities (no NaN from ``log(softmax)``),
-    computed in fp32 whatever the autocast dtype of the logits.
+    computed in fp32 whatever the autocast dtype of the logits. Written out rather than through
+    ``F.kl_div`` (the same terms, ``p_t * (log p_t - log p_s)``): kl_div has no vmap batching rule,
+    and packed sweeps (engine/packed_fit.py) vmap this loss over members.
     """
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
     return kl * temperature**2
 
 
