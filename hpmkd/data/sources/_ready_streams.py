@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hpmkd.data.splits import DataSplits
 from hpmkd.data.stream import StreamSplits
 from hpmkd.data.stream_transforms import pipelines
 from hpmkd.errors import UserError
 
-from ._common import option
+from ._common import label_tensor, option
 from ._files import sample_stats
 from ._images import channel_stats
 
@@ -72,6 +73,30 @@ def normalisation(
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
+def decoded_splits(
+    cfg: Mapping,
+    name: str,
+    x: Mapping[str, torch.Tensor],
+    labels: Mapping[str, np.ndarray],
+    class_names: list[str],
+) -> DataSplits:
+    """In-memory splits of decoded uint8 NCHW images (``stack_images``) and their labels, with
+    ``normalisation`` and ``data.augment``."""
+    mean, std = normalisation(cfg, x["train"], name)
+    return DataSplits(
+        name=name,
+        **{f"x_{split}": x[split] for split in ("train", "val", "test")},
+        **{f"y_{split}": label_tensor(labels[split]) for split in ("train", "val", "test")},
+        num_classes=len(class_names),
+        class_names=class_names,
+        input_shape=tuple(x["train"].shape[1:]),
+        is_image=True,
+        mean=mean,
+        std=std,
+        augment=dict(option(cfg, "augment", {}) or {}),
+    )
+
+
 def ready_stream_splits(
     cfg: Mapping,
     splits: Mapping[str, Dataset],
@@ -79,10 +104,14 @@ def ready_stream_splits(
     *,
     identity: dict,
     name: str,
+    transforms: Mapping | None = None,
 ) -> StreamSplits:
-    """StreamSplits over ``splits`` (``train``/``val``/``test``) with ``data.transforms``;
-    ``data.normalize`` mean/std, or both estimated on training images (logged)."""
-    transforms = dict(option(cfg, "transforms", {}) or {})
+    """StreamSplits over ``splits`` (``train``/``val``/``test``) with ``transforms`` (default:
+    ``data.transforms``); ``data.normalize`` mean/std, or both estimated on training images
+    (logged)."""
+    if transforms is None:
+        transforms = option(cfg, "transforms", {})
+    transforms = dict(transforms or {})
     eval_pipeline = pipelines(transforms)["eval"]
     first = eval_pipeline(splits["train"][0][0])
     normalize = option(cfg, "normalize", {}) or {}

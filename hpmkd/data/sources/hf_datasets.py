@@ -21,8 +21,8 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.data.stream import StreamSplits, should_stream
 from hpmkd.errors import UserError
 
-from ._common import configured_splits, label_tensor, one_line, option
-from ._ready_streams import normalisation, ready_stream_splits, stack_images
+from ._common import configured_splits, one_line, option
+from ._ready_streams import decoded_splits, ready_stream_splits, stack_images
 from ._tabular import encode_labels, tabular_splits
 
 log = logging.getLogger("hpmkd")
@@ -313,19 +313,8 @@ def _images(
             name=_display_name(cfg),
         )
     x = stack_images({s: _decode_split(t, column, resize) for s, (t, _) in parts.items()})
-    mean, std = normalisation(cfg, x["train"], _display_name(cfg))
-    return DataSplits(
-        name=_display_name(cfg),
-        **{f"x_{s}": x[s] for s in SPLIT_NAMES},
-        **{f"y_{s}": label_tensor(labels) for s, (_, labels) in parts.items()},
-        num_classes=len(class_names),
-        class_names=class_names,
-        input_shape=tuple(x["train"].shape[1:]),
-        is_image=True,
-        mean=mean,
-        std=std,
-        augment=dict(option(cfg, "augment", {}) or {}),
-    )
+    labels = {s: y for s, (_, y) in parts.items()}
+    return decoded_splits(cfg, _display_name(cfg), x, labels, class_names)
 
 
 def _identity(cfg: Mapping, splits: dict, columns: tuple[str, str]) -> dict:

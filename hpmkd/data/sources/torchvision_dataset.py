@@ -23,8 +23,8 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.data.stream import StreamSplits, should_stream
 from hpmkd.errors import UserError
 
-from ._common import configured_splits, label_tensor, one_line, option
-from ._ready_streams import normalisation, ready_stream_splits, stack_images
+from ._common import configured_splits, one_line, option
+from ._ready_streams import decoded_splits, ready_stream_splits, stack_images
 from ._torchvision import open_split
 
 log = logging.getLogger("hpmkd")
@@ -183,19 +183,8 @@ def load(cfg: Mapping) -> DataSplits | StreamSplits:
             name=name,
         )
     x = stack_images({split: _decode(dataset, resize) for split, (dataset, _) in parts.items()})
-    mean, std = normalisation(cfg, x["train"], name)
-    return DataSplits(
-        name=name,
-        **{f"x_{split}": x[split] for split in x},
-        **{f"y_{split}": label_tensor(y) for split, (_, y) in parts.items()},
-        num_classes=len(class_names),
-        class_names=class_names,
-        input_shape=tuple(x["train"].shape[1:]),
-        is_image=True,
-        mean=mean,
-        std=std,
-        augment=dict(option(cfg, "augment", {}) or {}),
-    )
+    labels = {split: y for split, (_, y) in parts.items()}
+    return decoded_splits(cfg, name, x, labels, class_names)
 
 
 class _Labelled(Dataset):
