@@ -54,9 +54,9 @@ def _images(n: int = 48) -> DataSplits:
 
 def _context(tmp_path: Path, **switches: object) -> RunContext:
     trainer = {"accelerator": "cpu", "precision": "auto"}
-    recipe = {"batch_size": 8, "eval_batch_size": 16}
+    recipe = {"batch_size": 8, "eval_batch_size": 16, "augment": False}
     cfg = OmegaConf.create(
-        {"seed": 0, "trainer": trainer, "recipe": recipe, "perf": AUTO | switches}
+        {"seed": 0, "data": {}, "trainer": trainer, "recipe": recipe, "perf": AUTO | switches}
     )
     return RunContext(cfg=cfg, out_dir=tmp_path, data=_images(), store=None)  # type: ignore[arg-type]
 
