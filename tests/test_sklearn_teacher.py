@@ -138,6 +138,7 @@ def test_a_feature_method_with_a_boosting_teacher_is_refused(run_cli):
     assert run.code == 2
     assert run.err.strip().count("\n") == 0
     assert "is a scikit-learn model and has no features; method fitnet" in run.err
+    assert "fitting it" not in run.out + run.err  # refused before the teacher is fitted
 
 
 def test_presets_in_a_teachers_list_take_the_entry_keys():

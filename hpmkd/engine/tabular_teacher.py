@@ -30,6 +30,7 @@ from hpmkd.models.sklearn_teacher import (
     TabularTeacher,
     cost,
     estimator_factory,
+    names_classifier,
     soft_labels,
 )
 from hpmkd.store import content_key
@@ -123,10 +124,17 @@ def obtain_tabular_teacher(
 
 
 def refuse_feature_method(teacher: object, method: DistillMethod) -> None:
-    """A method that reads teacher features cannot learn from a scikit-learn teacher."""
-    if isinstance(teacher, TabularTeacher) and method.teacher_features:
+    """A method that reads teacher features cannot learn from a scikit-learn teacher:
+    ``teacher`` is the fitted teacher, or its ``arch`` (so that a run stops before fitting)."""
+    if isinstance(teacher, TabularTeacher):
+        name = teacher.model_name
+    elif isinstance(teacher, str) and names_classifier(teacher):
+        name = teacher
+    else:
+        return
+    if method.teacher_features:
         raise UserError(
-            f"teacher {teacher.model_name} is a scikit-learn model and has no features; method "
+            f"teacher {name} is a scikit-learn model and has no features; method "
             f"{method.name} needs teacher features ({', '.join(method.teacher_features)}); use a "
             "logit method (kd, dkd, dist) or a torch teacher"
         )

@@ -50,8 +50,9 @@ def distil_student(
 
 @register_strategy("kd")
 def run(ctx: RunContext) -> StrategyResult:
-    teacher, teacher_record = obtain_teacher(ctx, ctx.cfg.teacher)
     method_cfg = OmegaConf.to_container(ctx.cfg.method, resolve=True)
+    refuse_feature_method(ctx.cfg.teacher.arch, ctx.given_method or build_method(method_cfg))
+    teacher, teacher_record = obtain_teacher(ctx, ctx.cfg.teacher)
     result = distil_student(
         ctx,
         teacher,
