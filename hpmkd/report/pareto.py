@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from hpmkd.report.plots import configuration_labels  # noqa: E402
+from hpmkd.report.plots import configuration_labels, save_accuracy_figure  # noqa: E402
 
 
 def pareto_front(costs: Sequence[float], accuracies: Sequence[float]) -> list[bool]:
@@ -56,11 +56,4 @@ def plot_tradeoff(
         )
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy % (mean ± std)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_accuracy_figure(fig, ax, title, path)

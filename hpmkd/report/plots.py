@@ -87,14 +87,7 @@ def plot_accuracy_vs_ratio(table: pd.DataFrame, path: Path, title: str) -> Path 
     ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel("compression ratio (teacher parameters / student parameters)")
-    ax.set_ylabel("test accuracy % (mean ± std)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_accuracy_figure(fig, ax, title, path)
 
 
 def scan_ratios(table: pd.DataFrame) -> pd.Series:
@@ -150,3 +143,15 @@ def plot_curves(runs: pd.DataFrame, table: pd.DataFrame, path: Path, title: str)
 def _mean(values: list[float | None]) -> float:
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known else float("nan")
+
+
+def save_accuracy_figure(fig: plt.Figure, ax: plt.Axes, title: str, path: Path) -> Path:
+    """Finish a test-accuracy figure (y label, title, grid, legend) and write it as a PNG."""
+    ax.set_ylabel("test accuracy % (mean ± std)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
