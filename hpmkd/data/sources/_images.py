@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -10,6 +11,8 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.errors import UserError
 
 from ._common import configured_splits, option
+
+log = logging.getLogger("hpmkd")
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -31,16 +34,25 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     return tuple(means), tuple(stds)
 
 
-def _stats(
-    cfg: Mapping, x_train: torch.Tensor, default: dict | None
+def configured_stats(
+    cfg: Mapping,
+    channels: int,
+    estimate: Callable[[], tuple[tuple[float, ...], tuple[float, ...]]],
+    *,
+    default: dict | None = None,
+    describe: tuple[str, str] | None = None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``normalize.mean/std`` from ``cfg`` (else ``default``); computed on the training split when
-    either is null or neither gives one."""
-    normalize = option(cfg, "normalize", default or {})
+    """``normalize.mean/std`` from ``cfg`` (else ``default``), one value per channel; ``estimate()``
+    when either is null, logged as ``data '<name>': normalisation <how>`` with ``describe``."""
+    normalize = option(cfg, "normalize", default or {}) or {}
     mean, std = normalize.get("mean"), normalize.get("std")
     if mean is None or std is None:
-        return channel_stats(x_train)
-    channels = x_train.shape[1]
+        mean, std = estimate()
+        if describe is not None:
+            log.info(
+                "data '%s': normalisation %s: mean %s std %s", *describe,
+                [round(v, 4) for v in mean], [round(v, 4) for v in std],
+            )  # fmt: skip
     if len(mean) != channels or len(std) != channels:
         raise UserError(
             f"data.normalize needs {channels} mean and std values for {channels}-channel images, "
@@ -73,7 +85,9 @@ def image_splits(
     if x_test is None:
         x_test, y_test = x[parts["test"]], y[parts["test"]]
     x_train, x_val = x[parts["train"]], x[parts["val"]]
-    mean, std = _stats(cfg, x_train, normalize)
+    mean, std = configured_stats(
+        cfg, x_train.shape[1], lambda: channel_stats(x_train), default=normalize
+    )
     return DataSplits(
         name=name or str(cfg["name"]),
         x_train=x_train,

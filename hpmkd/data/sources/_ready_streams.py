@@ -17,7 +17,7 @@ from hpmkd.errors import UserError
 
 from ._common import label_tensor, option
 from ._files import sample_stats
-from ._images import channel_stats
+from ._images import channel_stats, configured_stats
 
 log = logging.getLogger("hpmkd")
 
@@ -50,29 +50,6 @@ def stack_images(decoded: Mapping[str, list[np.ndarray]]) -> dict[str, torch.Ten
     return out
 
 
-def normalisation(
-    cfg: Mapping, x_train: torch.Tensor, name: str
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """``data.normalize`` when it gives mean and std, else computed on the uint8 NCHW training
-    split (logged)."""
-    normalize = option(cfg, "normalize", {}) or {}
-    mean, std = normalize.get("mean"), normalize.get("std")
-    if mean is None or std is None:
-        mean, std = channel_stats(x_train)
-        log.info(
-            "data '%s': normalisation computed on the training split: mean %s std %s",
-            name,
-            [round(v, 4) for v in mean],
-            [round(v, 4) for v in std],
-        )
-    if len(mean) != x_train.shape[1] or len(std) != x_train.shape[1]:
-        raise UserError(
-            f"data.normalize needs {x_train.shape[1]} mean and std values, got mean={list(mean)} "
-            f"std={list(std)}"
-        )
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
 def decoded_splits(
     cfg: Mapping,
     name: str,
@@ -81,8 +58,13 @@ def decoded_splits(
     class_names: list[str],
 ) -> DataSplits:
     """In-memory splits of decoded uint8 NCHW images (``stack_images``) and their labels, with
-    ``normalisation`` and ``data.augment``."""
-    mean, std = normalisation(cfg, x["train"], name)
+    ``data.normalize`` (else computed on the training split, logged) and ``data.augment``."""
+    mean, std = configured_stats(
+        cfg,
+        x["train"].shape[1],
+        lambda: channel_stats(x["train"]),
+        describe=(name, "computed on the training split"),
+    )
     return DataSplits(
         name=name,
         **{f"x_{split}": x[split] for split in ("train", "val", "test")},
@@ -113,28 +95,21 @@ def ready_stream_splits(
         transforms = option(cfg, "transforms", {})
     transforms = dict(transforms or {})
     eval_pipeline = pipelines(transforms)["eval"]
-    first = eval_pipeline(splits["train"][0][0])
-    normalize = option(cfg, "normalize", {}) or {}
-    mean, std = normalize.get("mean"), normalize.get("std")
-    if mean is None or std is None:
-        seed = int(option(cfg, "split_seed", 0))
-        mean, std = sample_stats(splits["train"], eval_pipeline, STATS_SAMPLE, seed)
-        log.info(
-            "data '%s': normalisation estimated on %d of %d training images: mean %s std %s",
+    train = splits["train"]
+    first = eval_pipeline(train[0][0])
+    seed = int(option(cfg, "split_seed", 0))
+    mean, std = configured_stats(
+        cfg,
+        first.shape[0],
+        lambda: sample_stats(train, eval_pipeline, STATS_SAMPLE, seed),
+        describe=(
             name,
-            min(STATS_SAMPLE, len(splits["train"])),
-            len(splits["train"]),
-            [round(v, 4) for v in mean],
-            [round(v, 4) for v in std],
-        )
-    if len(mean) != first.shape[0] or len(std) != first.shape[0]:
-        raise UserError(
-            f"data.normalize needs {first.shape[0]} mean and std values for {first.shape[0]}-"
-            f"channel images, got mean={list(mean)} std={list(std)}"
-        )
+            f"estimated on {min(STATS_SAMPLE, len(train))} of {len(train)} training images",
+        ),
+    )
     return StreamSplits(
         name=name,
-        train=splits["train"],
+        train=train,
         val=splits["val"],
         test=splits["test"],
         num_classes=len(class_names),
