@@ -35,7 +35,14 @@ from hpmkd.models import build_model
 from hpmkd.models.ensemble import TeacherEnsemble
 from tests.conftest import TINY
 
-AUTO = {"channels_last": "auto", "device_data": "auto", "compile": False, "cuda_graphs": False}
+AUTO = {
+    "channels_last": "auto",
+    "device_data": "auto",
+    "fused_optimizer": "auto",
+    "compile": False,
+    "cuda_graphs": False,
+}
+ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)  # a device object only: resolving needs no GPU
 SHAPE = (3, 8, 8)
@@ -126,6 +133,23 @@ def _compose(*overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config.config_dir()), version_base="1.3"):
         return compose("train", overrides=list(overrides))
+
+
+def test_fused_optimizer_where_the_class_has_a_kernel_unless_the_recipe_chose():
+    assert resolve_perf(AUTO, "auto", CPU, optimizer=ADAM).fused_optimizer
+    assert resolve_perf(AUTO, "auto", CUDA, optimizer=ADAM).fused_optimizer
+    assert not resolve_perf(AUTO, "auto", torch.device("mps"), optimizer=ADAM).fused_optimizer
+    sgd = ADAM | {"_target_": "torch.optim.SGD"}
+    assert resolve_perf(AUTO, "auto", CPU, optimizer=sgd).fused_optimizer
+    rmsprop = ADAM | {"_target_": "torch.optim.RMSprop"}  # no fused kernel in torch
+    assert not resolve_perf(AUTO, "auto", CPU, optimizer=rmsprop).fused_optimizer
+    assert not resolve_perf(AUTO, "auto", CPU, optimizer=ADAM | {"foreach": True}).fused_optimizer
+    assert not resolve_perf(AUTO, "auto", CPU, optimizer=ADAM | {"fused": False}).fused_optimizer
+    off = AUTO | {"fused_optimizer": False}
+    assert not resolve_perf(off, "auto", CPU, optimizer=ADAM).fused_optimizer
+    assert resolve_perf(off, "auto", CPU, optimizer=ADAM | {"fused": True}).fused_optimizer
+    with pytest.raises(UserError, match="perf.fused_optimizer"):
+        resolve_perf(AUTO | {"fused_optimizer": "yes"}, "auto", CPU, optimizer=ADAM)
 
 
 def test_perf_group_defaults_and_the_off_preset():
@@ -296,7 +320,9 @@ def test_kd_with_channels_last_on_tiny_images_records_the_switches(run_cli):
     (results,) = run.results()
     assert (
         results["perf"]
-        == PerfSwitches(device="cpu", precision="32-true", channels_last=True).as_dict()
+        == PerfSwitches(
+            device="cpu", precision="32-true", channels_last=True, fused_optimizer=True
+        ).as_dict()
     )
     assert results["test_acc"] > 30  # 10 digit classes
     (settings,) = collect_results([run.outputs])["settings"]

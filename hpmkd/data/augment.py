@@ -43,6 +43,7 @@ class BatchTransform:
         self.flip = bool(flip) and is_image
         self.mean = list(mean) if mean is not None else [0.0]
         self.std = list(std) if std is not None else [1.0]
+        self._zeros: dict[tuple[int, torch.device], Tensor] = {}
         if is_image:
             mean_t = torch.tensor(self.mean, dtype=torch.float32)
             std_t = torch.tensor(self.std, dtype=torch.float32)
@@ -78,6 +79,8 @@ class BatchTransform:
         0). The random draws are those of plain augmentation, so asking for the view changes
         nothing about the batch.
         """
+        if not self.is_image:
+            return x, self._single_view(len(x), x.device)
         view = torch.zeros(len(x), dtype=torch.long, device=x.device)
         if self.crop_padding:
             dy, dx = crop_offsets(len(x), self.crop_padding, x.device)
@@ -88,6 +91,13 @@ class BatchTransform:
             x = flip_where(x, flipped)
             view = view * 2 + flipped.long()
         return self.normalise(x), view
+
+    def _single_view(self, n: int, device: torch.device) -> Tensor:
+        """View ids of a batch without augmentation (all 0), made once per batch size."""
+        key = (n, device)
+        if key not in self._zeros:
+            self._zeros[key] = torch.zeros(n, dtype=torch.long, device=device)
+        return self._zeros[key]
 
     def normalise(self, x: Tensor) -> Tensor:
         """uint8 images to normalised float32; tabular batches unchanged."""

@@ -138,7 +138,10 @@ class RunContext:
         precision = self.cfg.trainer.get("precision")
         student = self.cfg.get("student")
         conv = student is not None and has_conv2d(self._build(student))
-        return resolve_perf(self.cfg.get("perf") or {}, precision, self.device, conv=conv)
+        optimizer = self.cfg.recipe.get("optimizer")
+        return resolve_perf(
+            self.cfg.get("perf") or {}, precision, self.device, conv=conv, optimizer=optimizer
+        )
 
     def build(self, model_cfg: Mapping[str, Any], role: str = "student") -> nn.Module:
         """``model_cfg`` with initial weights from ``init_seed`` (the global RNG is untouched)."""
@@ -219,13 +222,15 @@ class RunContext:
 
         def module(init_stage: bool) -> DistillModule:
             scheduler = recipe.scheduler if recipe.scheduler and not init_stage else None
-            init_lr = {"lr": method.init_lr} if init_stage and method.init_lr else {}
+            settings = {"lr": method.init_lr} if init_stage and method.init_lr else {}
+            if self.perf.fused_optimizer and "fused" not in recipe.optimizer:
+                settings["fused"] = True
             return DistillModule(
                 student=model,
                 method=method,
                 transform=self.transform,
                 num_classes=self.data.num_classes,
-                optimizer=hydra.utils.instantiate(recipe.optimizer, **init_lr),
+                optimizer=hydra.utils.instantiate(recipe.optimizer, **settings),
                 scheduler=hydra.utils.instantiate(scheduler) if scheduler else None,
                 teacher=teacher,
                 init_stage=init_stage,

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, R
 from lightning.pytorch.loggers import Logger
 
 from hpmkd.data.loader import SplitsDataModule, split_size
-from hpmkd.engine.fused import FusedEpochs, direct_steps, fused_refusal
+from hpmkd.engine.fused import FusedEpochs, direct_steps, fused_refusal, fused_trainer
 from hpmkd.engine.module import DistillModule
 from hpmkd.engine.packed import FitRequest, current_member
 from hpmkd.errors import UserError
@@ -56,6 +56,8 @@ class EpochHistory(Callback):
     Checkpointed, so a resumed fit keeps its history and counts the time of every process that
     trained it (up to its last checkpoint)."""
 
+    reads_step_validation = True  # the fused loop's ``val/acc``, logged in its training step
+
     def __init__(self) -> None:
         self.val_acc: list[float] = []
         self.curves: dict[str, list[float | None]] = {}
@@ -83,10 +85,15 @@ class EpochHistory(Callback):
             del curve[epoch:]
             curve.extend([None] * (epoch - len(curve)))  # a term that starts later (SMSKD stage 2)
             curve.append(value)
+        if not trainer.enable_validation and "val/acc" in trainer.callback_metrics:
+            self._record_validation(trainer)  # the fused loop validated in its step
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or "val/acc" not in trainer.callback_metrics:
             return
+        self._record_validation(trainer)
+
+    def _record_validation(self, trainer: L.Trainer) -> None:
         self.val_acc.append(100.0 * float(trainer.callback_metrics["val/acc"]))
 
     def state_dict(self) -> dict[str, Any]:
@@ -241,6 +248,7 @@ def fit_data(
     refusal = fused_refusal(datamodule, trainer, trainer.callbacks)
     module.use_fused_epochs(refusal is None, direct_steps(trainer, module))
     if refusal is None:
+        fused_trainer(trainer)
         return FusedEpochs(datamodule)  # type: ignore[arg-type]
     log.debug("per-batch loop: %s", refusal)
     return per_rank(datamodule, trainer.world_size)

@@ -6,8 +6,13 @@ train loader yields one item per epoch, ``EpochBatches``: the split's tensors an
 batches of sample indices, drawn exactly as ``DataLoader(shuffle=True)`` draws them (the same
 global-RNG calls in the same order). ``DistillModule`` then runs every batch of the epoch inside
 one ``training_step`` with manual optimisation: the same optimiser steps, the scheduler stepped
-at the epoch's end, and validation, checkpoints and every epoch hook of every callback as before.
-The same seed gives the same weights and curves as Lightning's per-batch loop.
+at the epoch's end, and checkpoints and every epoch hook of every callback as before.
+
+Validation runs at the end of that step too (Lightning's validation loop, run once per epoch,
+costs more than a small model's whole epoch): the student's accuracy on the validation split,
+logged as ``val/acc`` for the checkpoint and the history, with the global-RNG draw the
+validation loader's iterator would have made. The same seed gives the same weights and curves as
+Lightning's per-batch loop.
 """
 
 from __future__ import annotations
@@ -27,19 +32,30 @@ from hpmkd.data.splits import DataSplits
 
 
 @dataclass
+class Validation:
+    """The validation split, evaluated in chunks of ``batch_size`` rows."""
+
+    x: Tensor
+    y: Tensor
+    batch_size: int
+
+
+@dataclass
 class EpochBatches:
-    """One epoch: the training split and its batches (sample indices, in training order)."""
+    """One epoch: the training split, its batches (sample indices, in training order) and the
+    validation split to evaluate after them (None: no validation)."""
 
     x: Tensor
     y: Tensor
     batches: list[Tensor]
+    validation: Validation | None = None
 
 
 class _OneEpoch(Dataset):
     """A dataset of one item, drawn anew each epoch: the whole epoch's batches."""
 
-    def __init__(self, x: Tensor, y: Tensor, batch_size: int) -> None:
-        self.x, self.y, self.batch_size = x, y, batch_size
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, validation: Validation | None):
+        self.x, self.y, self.batch_size, self.validation = x, y, batch_size, validation
 
     def __len__(self) -> int:
         return 1
@@ -48,11 +64,25 @@ class _OneEpoch(Dataset):
         # RandomSampler draws its seed from the global RNG, as the shuffled loader does
         order = BatchSampler(RandomSampler(range(len(self.y))), self.batch_size, drop_last=False)
         batches = [torch.as_tensor(b, dtype=torch.long, device=self.x.device) for b in order]
-        return EpochBatches(self.x, self.y, batches)
+        return EpochBatches(self.x, self.y, batches, self.validation)
+
+
+def skip_loader_seed() -> None:
+    """The global-RNG draw a DataLoader makes when its iterator starts (its base seed): a
+    validation loader's, each epoch, so that later epochs draw the batch orders they would."""
+    torch.empty((), dtype=torch.int64).random_()
+
+
+def correct_top_k(logits: Tensor, y: Tensor, k: int) -> Tensor:
+    """How many rows have their label among the ``k`` largest logits (``k=1``: the argmax)."""
+    if k == 1:
+        return (logits.argmax(-1) == y).sum()
+    return (logits.topk(k, dim=-1).indices == y.unsqueeze(-1)).any(-1).sum()
 
 
 class FusedEpochs(L.LightningDataModule):
-    """``inner``'s data module with a training loader of one ``EpochBatches`` per epoch."""
+    """``inner``'s data module with a training loader of one ``EpochBatches`` per epoch, which
+    carries the validation split (the trainer runs no validation loop: ``fused_trainer``)."""
 
     def __init__(self, inner: SplitsDataModule) -> None:
         super().__init__()
@@ -64,17 +94,26 @@ class FusedEpochs(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         held = self.inner.held
-        epoch = _OneEpoch(held.x_train, held.y_train, self.inner.batch_size)
+        validation = None
+        if len(held.y_val):
+            validation = Validation(held.x_val, held.y_val, self.inner.eval_batch_size)
+        epoch = _OneEpoch(held.x_train, held.y_train, self.inner.batch_size, validation)
         return DataLoader(epoch, batch_size=None, collate_fn=None)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader:  # defined, never loaded: limit_val_batches=0
         return self.inner.val_dataloader()
 
-    def test_dataloader(self) -> DataLoader:
-        return self.inner.test_dataloader()
+
+def fused_trainer(trainer: L.Trainer) -> None:
+    """Turn off ``trainer``'s validation loop: the fused epoch validates in its step."""
+    trainer.limit_val_batches = 0
 
 
 _BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+_VALIDATION_HOOKS = tuple(
+    f"on_validation_{when}"
+    for when in ("start", "epoch_start", "batch_start", "batch_end", "epoch_end", "end")
+)
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step",
                "on_before_zero_grad")  # fmt: skip
 
@@ -102,14 +141,20 @@ def fused_refusal(
         return "gradient clipping or accumulation"
     if trainer.max_steps != -1 or trainer.limit_train_batches != 1.0:
         return "a step or batch limit"
-    if trainer.val_check_interval != 1.0:
-        return "validation within epochs"
+    if trainer.val_check_interval != 1.0 or trainer.check_val_every_n_epoch != 1:
+        return "validation within epochs or not every epoch"
+    if trainer.limit_val_batches not in (0, 1.0) or trainer.num_sanity_val_steps:
+        return "a validation batch limit or sanity validation steps"
     for callback in callbacks:
         if isinstance(callback, ProgressBar) or _per_epoch_checkpoint(callback):
             continue
         kind = type(callback)
         if any(getattr(kind, hook) is not getattr(Callback, hook) for hook in _BATCH_HOOKS):
             return f"{type(callback).__name__} has per-batch hooks"
+        if getattr(kind, "reads_step_validation", False):
+            continue
+        if any(getattr(kind, hook) is not getattr(Callback, hook) for hook in _VALIDATION_HOOKS):
+            return f"{type(callback).__name__} has validation hooks"
     return None
 
 

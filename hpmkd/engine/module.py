@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from hpmkd.data.augment import BatchTransform
-from hpmkd.engine.fused import EpochBatches
+from hpmkd.engine.fused import EpochBatches, Validation, correct_top_k, skip_loader_seed
 from hpmkd.engine.perf import channels_last_input
 from hpmkd.engine.teacher_cache import CachedTeacher, ViewCache
 from hpmkd.methods.base import DistillMethod, ModelOutputs
@@ -111,6 +111,7 @@ class DistillModule(L.LightningModule):
         self.fused_epochs = False  # set by fit: the train loader yields one EpochBatches per epoch
         self.direct_steps = False
         self._epoch_sums: dict[str, Tensor] = {}
+        self._step_terms: list[tuple[dict[str, Tensor], int]] = []  # not yet in _epoch_sums
         self._loss_terms: set[str] = set()
         self._epoch_samples = 0
         top5 = num_classes > 10
@@ -170,7 +171,8 @@ class DistillModule(L.LightningModule):
         return self._step(batch)
 
     def _fused_epoch(self, epoch: EpochBatches) -> None:
-        """Every batch of the epoch, stepped as Lightning's automatic optimisation would."""
+        """Every batch of the epoch, stepped as Lightning's automatic optimisation would; then
+        the validation Lightning's loop would run after them."""
         optimizer = self.optimizers()
         for index in epoch.batches:
             loss = self._step((epoch.x[index], epoch.y[index], index))
@@ -184,6 +186,32 @@ class DistillModule(L.LightningModule):
                 optimizer.zero_grad()
                 self.manual_backward(loss)
                 optimizer.step()
+        if epoch.validation is not None:
+            self._validate_in_step(epoch.validation)
+
+    def _validate_in_step(self, split: Validation) -> None:
+        """Top-1 (and top-5) accuracy of the student on ``split``, in eval mode, logged as the
+        validation loop logs them."""
+        skip_loader_seed()
+        modes = [(m, m.training) for m in self.student.modules()]
+        self.student.eval()
+        correct = torch.zeros((), dtype=torch.long, device=split.y.device)
+        correct5 = torch.zeros_like(correct)
+        with torch.no_grad():
+            for start in range(0, len(split.y), split.batch_size):
+                x = split.x[start : start + split.batch_size]
+                y = split.y[start : start + split.batch_size]
+                logits = self.student(self.memory_format(self.transform(x, train=False)))
+                correct += correct_top_k(logits, y, 1)
+                if self.val_acc5 is not None:
+                    correct5 += correct_top_k(logits, y, 5)
+        for module, training in modes:
+            module.training = training
+        total = float(len(split.y))
+        self.log("val/acc", correct / total, on_step=False, on_epoch=True, prog_bar=True,
+                 batch_size=1)  # fmt: skip
+        if self.val_acc5 is not None:
+            self.log("val/acc_top5", correct5 / total, on_step=False, on_epoch=True, batch_size=1)
 
     def _step(self, batch: Batch) -> Tensor:
         x, y, index = batch
@@ -192,21 +220,36 @@ class DistillModule(L.LightningModule):
         teacher = self.teacher(x, index, view) if self.teacher is not None else None
         loss_fn = self.method.init_forward if self.init_stage else self.method
         losses = loss_fn(self.student_outputs(x), teacher, y, index)
-        loss = torch.stack(list(losses.values())).sum()
+        terms = list(losses.values())
+        loss = terms[0] if len(terms) == 1 else torch.stack(terms).sum()
         self._loss_terms.update(losses)
         self._accumulate({**losses, "loss": loss, **self.method.step_metrics()}, len(y))
         return loss
 
     def _accumulate(self, terms: dict[str, Tensor], batch_size: int) -> None:
-        """Sum loss terms on the device; logged once per epoch (``self.log`` per step costs
-        more than a whole step of a small model)."""
-        for term, value in terms.items():
-            self._epoch_sums[term] = self._epoch_sums.get(term, 0.0) + value.detach() * batch_size
+        """Keep the step's loss terms; summed on the device when the epoch's means are read
+        (``self.log`` per step, or even one sum per step, costs a small model's step dearly)."""
+        self._step_terms.append(({k: v.detach() for k, v in terms.items()}, batch_size))
         self._epoch_samples += batch_size
+
+    def _fold_steps(self) -> None:
+        """Add the kept steps' terms, weighted by their batch sizes, to the epoch sums."""
+        values: dict[str, list[Tensor]] = {}
+        weights: dict[str, list[int]] = {}
+        for terms, batch_size in self._step_terms:
+            for term, value in terms.items():
+                values.setdefault(term, []).append(value.float())
+                weights.setdefault(term, []).append(batch_size)
+        for term, kept in values.items():
+            n = torch.tensor(weights[term], dtype=torch.float32, device=kept[0].device)
+            total = torch.dot(torch.stack(kept), n)
+            self._epoch_sums[term] = self._epoch_sums.get(term, 0.0) + total
+        self._step_terms = []
 
     def epoch_means(self) -> dict[str, Tensor]:
         """Sample-weighted means of this epoch's loss terms and metrics so far (over all ranks:
         schedules that read them, like MTS, must choose the same on every rank)."""
+        self._fold_steps()
         if not self._epoch_samples:
             return {}
         terms = list(self._epoch_sums)
@@ -226,7 +269,7 @@ class DistillModule(L.LightningModule):
             scheduler.step()  # manual optimisation: Lightning steps no scheduler itself
         for term, mean in self.epoch_means().items():
             self.log(f"train/{term}", mean, prog_bar=term == "loss")
-        self._epoch_sums, self._epoch_samples = {}, 0
+        self._epoch_sums, self._step_terms, self._epoch_samples = {}, [], 0
 
     def _evaluate(self, batch: Batch, split: str) -> None:
         x, y, _ = batch

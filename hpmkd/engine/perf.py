@@ -11,12 +11,17 @@
   convolution (MLPs) and non-image batches are never touched.
 - ``device_data``: on CUDA the train/val/test tensors are copied to the device once per fit and
   batches are indexed there; on the CPU they already are where the model is.
+- ``fused_optimizer``: the optimiser's fused kernel (``fused=True``: one kernel per step for all
+  parameters, where the default is a Python loop over them) when its class has one (Adam, AdamW,
+  SGD, Adagrad), on the CPU and CUDA (measured on a 2-core CPU: a 4k-parameter MLP's training
+  step about 20 % faster). A recipe that sets ``fused`` or ``foreach`` itself keeps its choice.
 - ``compile`` (``torch.compile`` of the student's and the teacher's forward) and ``cuda_graphs``
   (compile mode ``reduce-overhead``; CUDA only) are off unless switched on.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -39,7 +44,11 @@ log = logging.getLogger("hpmkd")
 
 AUTO = "auto"
 # where an ``auto`` switch pays, by device type
-AUTO_ON = {"channels_last": ("cpu", "cuda"), "device_data": ("cuda",)}
+AUTO_ON = {
+    "channels_last": ("cpu", "cuda"),
+    "device_data": ("cuda",),
+    "fused_optimizer": ("cpu", "cuda"),
+}
 FP16_AMP = ("16", "16-mixed")
 
 
@@ -53,16 +62,23 @@ class PerfSwitches:
     compile: bool = False
     cuda_graphs: bool = False
     device_data: bool = False
+    fused_optimizer: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def resolve_perf(
-    perf: Mapping[str, Any], precision: Any, device: torch.device, *, conv: bool = False
+    perf: Mapping[str, Any],
+    precision: Any,
+    device: torch.device,
+    *,
+    conv: bool = False,
+    optimizer: Mapping[str, Any] | None = None,
 ) -> PerfSwitches:
     """``perf`` (the config group) and ``trainer.precision`` resolved for ``device``; ``conv``:
-    the run trains a conv net (which decides ``precision=auto`` on the CPU)."""
+    the run trains a conv net (which decides ``precision=auto`` on the CPU); ``optimizer``: the
+    recipe's optimiser node (``_target_`` and its arguments)."""
     cuda = device.type == "cuda"
     cuda_graphs = _switch(perf, "cuda_graphs", device, allow_auto=False)
     if cuda_graphs and not cuda:
@@ -76,7 +92,38 @@ def resolve_perf(
         cuda_graphs=cuda_graphs,
         # on the CPU the data already is where the model is
         device_data=_switch(perf, "device_data", device) and device.type != "cpu",
+        fused_optimizer=_fused_optimizer(perf, device, optimizer),
     )
+
+
+def _fused_optimizer(
+    perf: Mapping[str, Any], device: torch.device, optimizer: Mapping[str, Any] | None
+) -> bool:
+    """Whether the optimiser steps with its fused kernel: the recipe's own ``fused`` or
+    ``foreach`` wins; else the switch, where the class has a fused kernel."""
+    wanted = _switch(perf, "fused_optimizer", device)
+    if optimizer is None:
+        return False
+    if "fused" in optimizer or "foreach" in optimizer:
+        return bool(optimizer.get("fused"))
+    if not wanted:
+        return False
+    if device.type not in AUTO_ON["fused_optimizer"]:
+        log.warning("perf.fused_optimizer=true: no fused kernels on %s; running without", device)
+        return False
+    return has_fused_kernel(optimizer.get("_target_"))
+
+
+def has_fused_kernel(target: Any) -> bool:
+    """Whether the optimiser class (or its dotted path) takes ``fused=True``."""
+    if isinstance(target, str):
+        from hydra.utils import get_class
+
+        try:
+            target = get_class(target)
+        except Exception:  # noqa: BLE001 - an unknown class is reported where it is built
+            return False
+    return callable(target) and "fused" in inspect.signature(target).parameters
 
 
 def _switch(

@@ -20,4 +20,5 @@ class CrossEntropy(DistillMethod):
     def forward(
         self, student: ModelOutputs, teacher: ModelOutputs | None, labels: Tensor, index: Tensor
     ) -> dict[str, Tensor]:
-        return {"ce": self.ce_weight * cross_entropy(student.logits, labels)}
+        ce = cross_entropy(student.logits, labels)
+        return {"ce": ce if self.ce_weight == 1.0 else self.ce_weight * ce}
