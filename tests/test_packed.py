@@ -30,15 +30,29 @@ def _member(outputs: Path, sweep: str, num: int) -> tuple[dict, dict[str, torch.
     return results, torch.load(run / "student.pt", weights_only=True)
 
 
+@pytest.mark.parametrize("path", ["stacked", "vmap"])
 def test_a_packed_member_equals_the_member_alone(
-    run_cli: Callable[..., CliRun], hpmkd_env: Path
+    run_cli: Callable[..., CliRun], hpmkd_env: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
+    import hpmkd.engine.packed_fit as packed_fit
+
+    forward = packed_fit._pack_forward
+    used: list[bool] = []
+
+    def spy(student: torch.nn.Module, buffers: dict) -> tuple:
+        if path == "vmap":  # as for any architecture but an MLP of Linear layers and ReLU
+            monkeypatch.setattr(packed_fit, "stacked_forward", lambda student: None)
+        used.append(packed_fit.stacked_forward(student) is not None)
+        return forward(student, buffers)
+
+    monkeypatch.setattr(packed_fit, "_pack_forward", spy)
     packed = run_cli(
         "train", "-m", *QUICK, "hydra/launcher=packed", "seed=0,1,2", "method.temperature=4,2",
         f"hydra.sweep.dir={hpmkd_env / 'packed'}",
     )  # fmt: skip
     assert packed.code == 0, packed.err
     assert "6 student fits packed as one model" in packed.out + packed.err
+    assert used == [path == "stacked"]
     alone = run_cli(
         "train", "-m", *QUICK, "seed=2", "method.temperature=2",
         f"hydra.sweep.dir={hpmkd_env / 'alone'}",

@@ -1,7 +1,8 @@
 """One training of several members' student fits as a single vmapped model.
 
 The students (one architecture, different seeds) are stacked with
-``torch.func.stack_module_state`` and run with ``functional_call`` under ``vmap``; each member's
+``torch.func.stack_module_state`` and run as one stacked model (``stacked_mlp.py``: MLPs of
+Linear layers and ReLU) or with ``functional_call`` under ``vmap`` (any other); each member's
 loss is its own method on its own logits (its temperature, weights, teacher), and the summed
 loss gives every member exactly its own gradients. The optimiser and scheduler (one config for
 the pack) act elementwise on the stacked tensors, so each slice steps as the member alone would.
@@ -13,20 +14,23 @@ weights, same batch order, the same results to float tolerance (tests/test_packe
 from __future__ import annotations
 
 import copy
+import functools
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
-from torch.utils.data import RandomSampler
 
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
-from hpmkd.engine.fit import FitResult
+from hpmkd.engine.fit import FitResult, nvml_available
 from hpmkd.engine.journal import JournalEpochs
 from hpmkd.engine.packed import FitRequest
+from hpmkd.engine.stacked_mlp import stacked_forward
 from hpmkd.engine.teacher_cache import CacheCounts
 from hpmkd.io import write_atomic
 from hpmkd.methods.base import DistillMethod, ModelOutputs
@@ -94,7 +98,9 @@ def _draw(state: Tensor, n: int, has_val: bool) -> tuple[Tensor, Tensor]:
     (its batches are consecutive slices of it); and the RNG state after the epoch's draws."""
     torch.set_rng_state(state)
     torch.empty((), dtype=torch.int64).random_()  # the train loader iterator's base seed
-    order = torch.as_tensor(list(RandomSampler(range(n))))
+    # RandomSampler without a generator: a permutation under a generator seeded from the RNG
+    sampler_seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(sampler_seed))
     if has_val:
         torch.empty((), dtype=torch.int64).random_()  # the validation loader's
     return order, torch.get_rng_state()
@@ -122,15 +128,8 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     first = requests[0]
     modules = [r.module for r in requests]
     splits: DataSplits = first.datamodule.splits
-    students = [m.student for m in modules]
-    params, buffers = stack_module_state(students)
-    base = copy.deepcopy(students[0]).to("meta")
-
-    def forward(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(base, (p, b), (x,))
-
-    train_forward = vmap(forward)
-    eval_forward = vmap(forward, in_dims=(0, 0, None))
+    params, buffers = stack_module_state([m.student for m in modules])
+    train_forward, eval_forward, set_mode = _pack_forward(modules[0].student, buffers)
     optimizer = first.module.optimizer_factory(list(params.values()))
     scheduler = first.module.scheduler_factory
     scheduler = scheduler(optimizer) if scheduler is not None else None
@@ -141,65 +140,76 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
         _callbacks(r, "on_train_start", 0)
     tables = _teacher_tables(modules, splits)
     groups = _loss_groups(modules)
+    members = torch.arange(len(requests)).unsqueeze(1)
     n, batch_size = len(splits.y_train), first.datamodule.batch_size
+    sizes = torch.tensor(
+        [min(batch_size, n - s) for s in range(0, n, batch_size)], dtype=torch.float
+    )
     val_history: list[list[float]] = [[] for _ in requests]
     curves: list[dict[str, list[float | None]]] = [{} for _ in requests]
     best: list[dict[str, Tensor] | None] = [None] * len(requests)
     best_acc = [-1.0] * len(requests)
     global_step = 0
-    for epoch in range(first.epochs):
-        orders = []
-        for k in range(len(requests)):
-            order, states[k] = _draw(states[k], n, has_val)
-            orders.append(order)
-        stacked = torch.stack(orders)  # [members, samples]: each member's sample order
-        for m in modules:
-            m.method.epoch = epoch
-        sums: dict[str, Tensor] = {}
-        base.train()
-        for start in range(0, n, batch_size):
-            index = stacked[:, start : start + batch_size]
-            xs, ys = splits.x_train[index], splits.y_train[index]
-            logits = train_forward(params, buffers, xs)
-            total = torch.zeros(())
-            for method, members in groups:
-                teacher = None if tables is None else tables[members.unsqueeze(1), index[members]]
-                terms = _group_terms(method, logits[members], teacher, ys[members], index[members])
-                for term, value in terms.items():
-                    weighted = value.detach() * index.shape[1]
-                    sums[term] = sums.get(term, torch.zeros(len(requests))).index_add(
-                        0, members, weighted
-                    )
-                total = total + terms["loss"].sum()
-            optimizer.zero_grad()
-            total.backward()
-            optimizer.step()
-            global_step += 1
-        base.eval()
-        with torch.no_grad():
-            accs = _accuracy(eval_forward(params, buffers, splits.x_val), splits.y_val)
-        for k, r in enumerate(requests):
-            means = {t: float(v[k]) / n for t, v in sums.items()}
-            temperature = getattr(r.module.method, "temperature", None)
-            if temperature is not None:
-                means["temperature"] = float(temperature)
-            for name, value in means.items():
-                curve = curves[k].setdefault(name, [])
-                curve.extend([None] * (epoch - len(curve)))
-                curve.append(value)
-            metrics = {f"train/{t}": v for t, v in means.items() if t != "temperature"}
-            if has_val:
-                acc = float(accs[k])
-                val_history[k].append(100.0 * acc)
-                metrics["val/acc"] = acc
-                if acc > best_acc[k]:
-                    best_acc[k] = acc
-                    best[k] = {name: p[k].detach().clone() for name, p in params.items()}
-            for logger in r.loggers or ():
-                logger.log_metrics(metrics | {"epoch": epoch}, step=global_step - 1)
-            _callbacks(r, "on_train_epoch_end", epoch)
-        if scheduler is not None:
-            scheduler.step()
+    with _no_nvml_probe():
+        for epoch in range(first.epochs):
+            orders = []
+            for k in range(len(requests)):
+                order, states[k] = _draw(states[k], n, has_val)
+                orders.append(order)
+            stacked = torch.stack(orders)  # [members, samples]: each member's sample order
+            # the epoch's inputs, labels and teacher rows in each member's order; a batch is a slice
+            xs_epoch, ys_epoch = splits.x_train[stacked], splits.y_train[stacked]
+            teacher_epoch = None if tables is None else tables[members, stacked]
+            for m in modules:
+                m.method.epoch = epoch
+            steps: dict[tuple[int, str], list[Tensor]] = {}  # per group and term: its steps
+            set_mode(True)
+            for start in range(0, n, batch_size):
+                end = start + batch_size
+                index = stacked[:, start:end]
+                logits = train_forward(params, xs_epoch[:, start:end])
+                ys = ys_epoch[:, start:end]
+                teacher = None if teacher_epoch is None else teacher_epoch[:, start:end]
+                total = torch.zeros(())
+                for g, (method, group) in enumerate(groups):
+                    if group is None:  # every member
+                        terms = _group_terms(method, logits, teacher, ys, index)
+                    else:
+                        rows = None if teacher is None else teacher[group]
+                        terms = _group_terms(method, logits[group], rows, ys[group], index[group])
+                    for term, value in terms.items():
+                        steps.setdefault((g, term), []).append(value.detach())
+                    total = total + terms["loss"].sum()
+                optimizer.zero_grad()
+                total.backward()
+                optimizer.step()
+                global_step += 1
+            set_mode(False)
+            with torch.no_grad():
+                accs = _accuracy(eval_forward(params, splits.x_val), splits.y_val)
+            sums = _epoch_sums(steps, sizes, groups, len(requests))
+            for k, r in enumerate(requests):
+                means = {t: v / n for t, v in sums[k].items()}
+                temperature = getattr(r.module.method, "temperature", None)
+                if temperature is not None:
+                    means["temperature"] = float(temperature)
+                for name, value in means.items():
+                    curve = curves[k].setdefault(name, [])
+                    curve.extend([None] * (epoch - len(curve)))
+                    curve.append(value)
+                metrics = {f"train/{t}": v for t, v in means.items() if t != "temperature"}
+                if has_val:
+                    acc = float(accs[k])
+                    val_history[k].append(100.0 * acc)
+                    metrics["val/acc"] = acc
+                    if acc > best_acc[k]:
+                        best_acc[k] = acc
+                        best[k] = {name: p[k].detach().clone() for name, p in params.items()}
+                for logger in r.loggers or ():
+                    logger.log_metrics(metrics | {"epoch": epoch}, step=global_step - 1)
+                _callbacks(r, "on_train_epoch_end", epoch)
+            if scheduler is not None:
+                scheduler.step()
     train_time = (time.perf_counter() - started) / len(requests)
     last = {name: p.detach() for name, p in params.items()}
     results = []
@@ -235,12 +245,15 @@ def _settings(method: DistillMethod) -> tuple:
     )
 
 
-def _loss_groups(modules: Sequence[Any]) -> list[tuple[DistillMethod, Tensor]]:
+def _loss_groups(modules: Sequence[Any]) -> list[tuple[DistillMethod, Tensor | None]]:
     """Members whose methods have the same settings (a seed sweep: all of them), so that one
-    vmapped call computes their losses; with the members' positions in the pack."""
+    vmapped call computes their losses; with the members' positions in the pack (None: one
+    group of every member)."""
     groups: dict[tuple, tuple[DistillMethod, list[int]]] = {}
     for k, module in enumerate(modules):
         groups.setdefault(_settings(module.method), (module.method, []))[1].append(k)
+    if len(groups) == 1:
+        return [(modules[0].method, None)]
     return [(method, torch.tensor(members)) for method, members in groups.values()]
 
 
@@ -337,3 +350,60 @@ def _checkpoint(request: FitRequest, name: str, epochs: int, global_step: int) -
     path = request.out_dir / "checkpoints" / f"{name}.ckpt"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def _pack_forward(
+    student: nn.Module, buffers: dict[str, Tensor]
+) -> tuple[Callable[..., Tensor], Callable[..., Tensor], Callable[[bool], None]]:
+    """The pack's training and evaluation forwards (``params``, each member's inputs / one input
+    for all) and its train/eval switch: the stacked model for MLPs of Linear layers and ReLU
+    (``stacked_mlp.py``), else ``functional_call`` under ``vmap``."""
+    stacked = stacked_forward(student)
+    if stacked is not None:
+        return stacked, functools.partial(stacked, shared=True), lambda training: None
+    base = copy.deepcopy(student).to("meta")
+
+    def forward(p: dict[str, Tensor], b: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(base, (p, b), (x,))
+
+    train_forward, eval_forward = vmap(forward), vmap(forward, in_dims=(0, 0, None))
+    return (
+        lambda p, x: train_forward(p, buffers, x),
+        lambda p, x: eval_forward(p, buffers, x),
+        base.train,
+    )
+
+
+@contextmanager
+def _no_nvml_probe() -> Iterator[None]:
+    """Without NVML, ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (set by Lightning on import) makes every
+    optimiser step look for the library again; the pack, on the CPU, probes CUDA the ordinary
+    way instead (as ``engine.fit`` does for a fit on the CPU)."""
+    name = "PYTORCH_NVML_BASED_CUDA_CHECK"
+    probe = os.environ.get(name)
+    if probe != "1" or nvml_available():
+        yield
+        return
+    del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ[name] = probe
+
+
+def _epoch_sums(
+    steps: dict[tuple[int, str], list[Tensor]],
+    sizes: Tensor,
+    groups: list[tuple[DistillMethod, Tensor | None]],
+    count: int,
+) -> list[dict[str, float]]:
+    """Each member's terms summed over the epoch's steps, each step's value times its batch
+    size (what the fit's epoch mean is made of)."""
+    sums: list[dict[str, float]] = [{} for _ in range(count)]
+    for (g, term), per_step in steps.items():
+        group = groups[g][1]
+        members = range(count) if group is None else group.tolist()
+        total = (torch.stack(per_step) * sizes.unsqueeze(1)).sum(0).tolist()
+        for k, value in zip(members, total, strict=True):
+            sums[k][term] = value
+    return sums
