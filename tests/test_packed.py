@@ -30,7 +30,7 @@ def _member(outputs: Path, sweep: str, num: int) -> tuple[dict, dict[str, torch.
     return results, torch.load(run / "student.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("path", ["stacked", "vmap"])
+@pytest.mark.parametrize("path", ["stacked", "vmap"])  # stacked: with batched losses
 def test_a_packed_member_equals_the_member_alone(
     run_cli: Callable[..., CliRun], hpmkd_env: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
@@ -40,8 +40,10 @@ def test_a_packed_member_equals_the_member_alone(
     used: list[bool] = []
 
     def spy(student: torch.nn.Module, buffers: dict) -> tuple:
-        if path == "vmap":  # as for any architecture but an MLP of Linear layers and ReLU
+        if path == "vmap":  # as for any architecture but an MLP of Linear layers and ReLU,
             monkeypatch.setattr(packed_fit, "stacked_forward", lambda student: None)
+            # and any method without a batched form
+            monkeypatch.setattr(packed_fit, "batched_terms", lambda *args: None)
         used.append(packed_fit.stacked_forward(student) is not None)
         return forward(student, buffers)
 

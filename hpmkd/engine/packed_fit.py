@@ -30,6 +30,7 @@ from hpmkd.data.splits import DataSplits
 from hpmkd.engine.fit import FitResult, nvml_available
 from hpmkd.engine.journal import JournalEpochs
 from hpmkd.engine.packed import FitRequest
+from hpmkd.engine.packed_losses import batched_terms
 from hpmkd.engine.stacked_mlp import stacked_forward
 from hpmkd.engine.teacher_cache import CacheCounts
 from hpmkd.io import write_atomic
@@ -261,7 +262,11 @@ def _group_terms(
     method: DistillMethod, logits: Tensor, teacher: Tensor | None, y: Tensor, index: Tensor
 ) -> dict[str, Tensor]:
     """Per member of a loss group: its named loss terms, their sum ``loss`` and the method's
-    step metrics, as ``DistillModule._step`` computes them for one fit."""
+    step metrics, as ``DistillModule._step`` computes them for one fit: batched where the
+    method has a batched form (``packed_losses.py``), else the method itself under ``vmap``."""
+    batched = batched_terms(method, logits, teacher, y)
+    if batched is not None:  # methods with no step metrics
+        return {**batched, "loss": torch.stack(list(batched.values())).sum(0)}
 
     def one(s: Tensor, t: Tensor | None, labels: Tensor, idx: Tensor) -> dict[str, Tensor]:
         target = None if t is None else ModelOutputs(t, {})
