@@ -34,7 +34,7 @@ def _wandb_offline() -> bool:
 # where a run writes, how it logs and which seed it uses: not what makes it a configuration
 _NOT_IN_GROUP = (
     "seed", "paths", "logger", "store", "resume", "tags", "skip_complete", "optimized_metric",
-    "bench",
+    "bench", "checkpoint_every_s",
 )  # fmt: skip
 
 # numbers of results.json a sweeper can optimise (``optimized_metric``)
@@ -157,6 +157,9 @@ def check_values(cfg: DictConfig) -> None:
     _positive(recipe.batch_size, "recipe.batch_size")
     _positive(recipe.eval_batch_size, "recipe.eval_batch_size")
     _positive(recipe.optimizer.get("lr"), "recipe.optimizer.lr")
+    every = cfg.get("checkpoint_every_s", 0)
+    if not isinstance(every, (int, float)) or isinstance(every, bool) or every < 0:
+        raise UserError(f"checkpoint_every_s must be a number of seconds >= 0, got {every!r}")
     method = cfg.get("method")
     if method is not None:
         _positive(method.get("temperature"), "method.temperature")

@@ -52,9 +52,11 @@ IN_MEMORY_STRATEGIES = frozenset({"smskd", "multi_teacher", "progressive", "hpmk
 
 
 def run_identity(config: dict) -> dict:
-    """A run's resolved config without where it writes, whether it resumes and which result a
-    sweeper reads (``optimized_metric``): what must agree for a run to be the same run."""
-    plain = {k: v for k, v in config.items() if k not in ("resume", "paths", "optimized_metric")}
+    """A run's resolved config without where it writes, whether it resumes, how often it writes
+    its resumable checkpoint and which result a sweeper reads (``optimized_metric``): what must
+    agree for a run to be the same run."""
+    other = ("resume", "paths", "optimized_metric", "checkpoint_every_s")
+    plain = {k: v for k, v in config.items() if k not in other}
     if plain.get("logger"):
         plain["logger"] = {
             name: {k: v for k, v in node.items() if k != "save_dir"}

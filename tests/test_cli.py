@@ -100,7 +100,7 @@ def test_crashed_run_resumes_from_last_checkpoint(run_cli, hpmkd_env, monkeypatc
     with monkeypatch.context() as patch:
         patch.setattr(DistillModule, "on_train_epoch_start", crash_after_second_epoch)
         with pytest.raises(RuntimeError, match="simulated crash"):
-            run_cli("train", *TINY)
+            run_cli("train", *TINY, "checkpoint_every_s=0")  # last.ckpt after every epoch
     outputs = hpmkd_env / "outputs"
     assert list(outputs.rglob("results.json")) == []  # nothing claims success
     assert len(list(outputs.rglob("last.ckpt"))) == 1

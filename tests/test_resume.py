@@ -31,9 +31,19 @@ def _journal(run_dir: Path) -> list[dict]:
 
 
 def kill_when(args: list[str], run_dir: Path, unit: str, epoch: int, timeout: float = 240) -> None:
-    """Run `hpmkd train args` and SIGKILL it once ``unit`` has finished ``epoch`` epochs."""
+    """Run `hpmkd train args` and SIGKILL it once ``unit`` has finished ``epoch`` epochs (with
+    last.ckpt written after every epoch, so that the kill lands after that epoch's)."""
+    every_epoch = "checkpoint_every_s=0"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hpmkd.cli", "train", *args, f"hydra.run.dir={run_dir}"],
+        [
+            sys.executable,
+            "-m",
+            "hpmkd.cli",
+            "train",
+            *args,
+            every_epoch,
+            f"hydra.run.dir={run_dir}",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,

@@ -80,3 +80,17 @@ def test_bench_small_parses_its_options() -> None:
     assert args.quick and args.seeds == 4 and not args.skip_sweep
     with pytest.raises(SystemExit):
         bench.parse_args(["--no-such-option"])
+
+
+def test_sampler_order_is_the_random_samplers() -> None:
+    from torch.utils.data import RandomSampler
+
+    from hpmkd.engine.fused import sampler_order
+
+    for n in (1, 7, 1000):
+        torch.manual_seed(n)
+        expected = list(RandomSampler(range(n)))
+        after = torch.rand(3)  # the global RNG state the sampler leaves behind
+        torch.manual_seed(n)
+        assert sampler_order(n).tolist() == expected
+        assert torch.equal(torch.rand(3), after)

@@ -249,6 +249,7 @@ class RunContext:
                 trainer_kwargs=trainer_kwargs,
                 ckpt_path=self.unit_checkpoint(out_dir / "init_stage"),
                 callbacks=self.journal_callbacks(f"{unit}/init_stage"),
+                checkpoint_every_s=self.cfg.checkpoint_every_s,
             )
         schedule = schedule_from_config(self.temperature, recipe.epochs)
         if schedule is not None and hasattr(method, "temperature"):
@@ -272,6 +273,7 @@ class RunContext:
             loggers=self.loggers(out_dir if nested else None),
             ckpt_path=ckpt_path,
             callbacks=callbacks,
+            checkpoint_every_s=self.cfg.checkpoint_every_s,
         )
         if counts is not None:
             self.add_cache_counts(counts.counts)

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, R
 from lightning.pytorch.loggers import Logger
 
 from hpmkd.data.loader import SplitsDataModule, split_size
+from hpmkd.engine.checkpoints import fit_checkpoints
 from hpmkd.engine.fused import FusedEpochs, direct_steps, fused_refusal, fused_trainer
 from hpmkd.engine.module import DistillModule
 from hpmkd.engine.packed import FitRequest, current_member
@@ -155,28 +156,21 @@ def make_trainer(
     has_val: bool,
     loggers: Sequence[Logger] | bool = False,
     callbacks: Sequence[Callback] = (),
+    checkpoint_every_s: float = 0.0,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """The Trainer every hpmkd run uses: last + best-validation checkpoints, rich progress.
 
-    ``checkpoints/last.ckpt`` is written after every epoch by a callback of its own: Lightning's
-    ``save_last`` writes it only in epochs that also saved a top-k checkpoint, so a resume would
-    repeat every epoch since the best one.
+    ``checkpoints/last.ckpt`` is written by a callback of its own (``engine/checkpoints.py``),
+    after an epoch once ``checkpoint_every_s`` seconds have passed since the last one (0: every
+    epoch) and after the final one: Lightning's ``save_last`` writes it only in epochs that also
+    saved a top-k checkpoint, so a resume would repeat every epoch since the best one.
     """
     kwargs = dict(trainer_kwargs)
     if isinstance(kwargs.get("strategy"), Mapping):  # a `_target_` node: one instance per Trainer
         kwargs["strategy"] = instantiate(kwargs["strategy"])
     show_progress = kwargs.pop("enable_progress_bar", True)
-    last = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints", filename="last", enable_version_counter=False
-    )
-    best = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints",
-        filename="best",
-        monitor="val/acc",
-        mode="max",
-        enable_version_counter=False,
-    )
-    checkpoints: list[Callback] = [best, last] if has_val else [last]
+    best, last = fit_checkpoints(out_dir / "checkpoints", checkpoint_every_s, has_val)
+    checkpoints: list[Callback] = [best, last] if best is not None else [last]
     # Checkpoint-like callbacks (the run journal) run after the checkpoints are written
     after = [c for c in callbacks if isinstance(c, Checkpoint)]
     before = [c for c in callbacks if not isinstance(c, Checkpoint)]
@@ -193,7 +187,7 @@ def make_trainer(
         enable_progress_bar=show_progress,
         **kwargs,
     )
-    return trainer, best if has_val else last
+    return trainer, best if best is not None else last
 
 
 def one_device(trainer_kwargs: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -264,6 +258,7 @@ def fit(
     loggers: Sequence[Logger] | bool = False,
     ckpt_path: str | None = None,
     callbacks: Sequence[Callback] = (),
+    checkpoint_every_s: float = 0.0,
 ) -> FitResult:
     """Train, then test with the last and the best-validation weights. The student's fit of a
     packed sweep member is handed to its pack (``engine/packed.py``) where it can be packed."""
@@ -287,6 +282,7 @@ def fit(
         has_val=has_val,
         loggers=loggers,
         callbacks=[history, *callbacks],
+        checkpoint_every_s=checkpoint_every_s,
     )
     with cpu_without_nvml_probe(trainer):
         trainer.fit(module, datamodule=fit_data(module, datamodule, trainer), ckpt_path=ckpt_path)
@@ -333,6 +329,7 @@ def fit_init_stage(
     trainer_kwargs: Mapping[str, Any],
     ckpt_path: str | None = None,
     callbacks: Sequence[Callback] = (),
+    checkpoint_every_s: float = 0.0,
 ) -> None:
     """Train a module built with ``init_stage=True``: no validation, no test."""
     trainer, _ = make_trainer(
@@ -341,6 +338,7 @@ def fit_init_stage(
         trainer_kwargs=trainer_kwargs,
         has_val=False,
         callbacks=callbacks,
+        checkpoint_every_s=checkpoint_every_s,
     )
     with cpu_without_nvml_probe(trainer):
         trainer.fit(module, datamodule=fit_data(module, datamodule, trainer), ckpt_path=ckpt_path)

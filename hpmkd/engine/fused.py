@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.plugins.precision import Precision
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
@@ -61,10 +61,15 @@ class _OneEpoch(Dataset):
         return 1
 
     def __getitem__(self, item: int) -> EpochBatches:
-        # RandomSampler draws its seed from the global RNG, as the shuffled loader does
-        order = BatchSampler(RandomSampler(range(len(self.y))), self.batch_size, drop_last=False)
-        batches = [torch.as_tensor(b, dtype=torch.long, device=self.x.device) for b in order]
-        return EpochBatches(self.x, self.y, batches, self.validation)
+        order = sampler_order(len(self.y)).to(self.x.device)
+        return EpochBatches(self.x, self.y, list(order.split(self.batch_size)), self.validation)
+
+
+def sampler_order(n: int) -> Tensor:
+    """The sample order ``RandomSampler(range(n))`` yields, drawn as it draws it (a seed from the
+    global RNG, then a permutation from a generator seeded with it), as one tensor."""
+    seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 def skip_loader_seed() -> None:

@@ -81,8 +81,8 @@ def _total_time(results: dict) -> float:
 # sweeper reads, and what changes only where a run writes, how it logs or how fast it runs
 # (data.cache_dir: a decoded copy), or what it measures besides (bench: latency).
 NOT_IDENTITY = (
-    "seed", "resume", "tags", "skip_complete", "teacher_cache", "paths", "logger", "store",
-    "perf", "hydra", "trainer.enable_progress_bar", "optimized_metric", "bench",
+    "seed", "resume", "checkpoint_every_s", "tags", "skip_complete", "teacher_cache", "paths",
+    "logger", "store", "perf", "hydra", "trainer.enable_progress_bar", "optimized_metric", "bench",
 )  # fmt: skip
 
 
