@@ -64,6 +64,29 @@ def _hydra_error_message(err: Exception) -> str:
     return message
 
 
+def _pack_switch(args: list[str]) -> list[str]:
+    """``pack=true`` (conf/train.yaml) as the override it stands for: ``hydra/launcher=packed``
+    under -m; without -m it does nothing (one run has nothing to pack) and says so in one line,
+    so that scripts can pass it to every command alike."""
+    given = [a for a in args if a.startswith("pack=")]
+    if not given:
+        return args
+    rest = [a for a in args if not a.startswith("pack=")]
+    value = given[-1].removeprefix("pack=").strip().lower()
+    if value not in ("true", "false"):
+        raise UserError(f"pack takes true or false; got '{given[-1]}'")
+    if value == "false":
+        return rest
+    if not {"-m", "--multirun"} & set(args):
+        print("hpmkd: pack=true has no effect on a single run (only -m sweeps are packed)",
+              file=sys.stderr)  # fmt: skip
+        return rest
+    launchers = [a for a in rest if a.startswith("hydra/launcher=")]
+    if launchers and launchers[-1] != "hydra/launcher=packed":
+        raise UserError(f"pack=true means hydra/launcher=packed; it cannot go with {launchers[-1]}")
+    return rest if launchers else [*rest, "hydra/launcher=packed"]
+
+
 def train(args: list[str]) -> int:
     """Run the Hydra app with ``args`` as its command line."""
     import hydra
@@ -85,6 +108,11 @@ def train(args: list[str]) -> int:
         started.append(True)
         single_run = HydraConfig.get().mode != RunMode.MULTIRUN
         try:
+            if cfg.get("pack"):  # from a config file: pack=true on the command line is a launcher
+                raise UserError(
+                    "pack: true works on the command line only (hpmkd train -m ... pack=true); "
+                    "in a config file, select hydra/launcher: packed"
+                )
             if single_run:  # a sweep member's failure is recorded by run_train (failure.json)
                 config.check_values(cfg)
             # torch and Lightning only from here on: --help, --cfg and config errors answer fast
@@ -104,7 +132,10 @@ def train(args: list[str]) -> int:
     # their traceback.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     # Hydra's completion script names the program by sys.argv[0]; it calls `hpmkd -sc query=...`
-    sys.argv = ["hpmkd" if _shell_completion(args) else "hpmkd train", *args]
+    if _shell_completion(args):
+        sys.argv = ["hpmkd", *args]
+    else:
+        sys.argv = ["hpmkd train", *_pack_switch(args)]
     try:
         app()
     except UserError as err:

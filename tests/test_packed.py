@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import hpmkd
+from hpmkd.cli import _pack_switch
+from hpmkd.errors import UserError
 from hpmkd.train import run_identity
 from tests.conftest import CliRun
 
@@ -48,8 +50,9 @@ def test_a_packed_member_equals_the_member_alone(
         return forward(student, buffers)
 
     monkeypatch.setattr(packed_fit, "_pack_forward", spy)
+    switch = "pack=true" if path == "stacked" else "hydra/launcher=packed"  # the same launcher
     packed = run_cli(
-        "train", "-m", *QUICK, "hydra/launcher=packed", "seed=0,1,2", "method.temperature=4,2",
+        "train", "-m", *QUICK, switch, "seed=0,1,2", "method.temperature=4,2",
         f"hydra.sweep.dir={hpmkd_env / 'packed'}",
     )  # fmt: skip
     assert packed.code == 0, packed.err
@@ -90,3 +93,29 @@ def test_members_that_cannot_be_packed_run_alone_and_say_why(
     assert "#1 not packed, trained alone: method 'fitnet' reads features" in log
     assert "#0 not packed, trained alone: no other member shares" in log
     assert len(list((hpmkd_env / "mixed").rglob("results.json"))) == 2
+
+
+def test_pack_true_stands_for_the_packed_launcher(capsys: pytest.CaptureFixture) -> None:
+    assert _pack_switch(["-m", "seed=0,1", "pack=true"]) == [
+        "-m",
+        "seed=0,1",
+        "hydra/launcher=packed",
+    ]
+    assert _pack_switch(["-m", "pack=True", "hydra/launcher=packed"]) == [
+        "-m",
+        "hydra/launcher=packed",
+    ]
+    assert _pack_switch(["-m", "seed=0,1", "pack=false"]) == ["-m", "seed=0,1"]
+    assert capsys.readouterr().err == ""
+    assert _pack_switch(["seed=0", "pack=true"]) == ["seed=0"]  # one run: nothing to pack
+    assert "pack=true has no effect on a single run" in capsys.readouterr().err
+    with pytest.raises(UserError, match="cannot go with hydra/launcher=parallel"):
+        _pack_switch(["-m", "pack=true", "hydra/launcher=parallel"])
+    with pytest.raises(UserError, match="pack takes true or false; got 'pack=yes'"):
+        _pack_switch(["-m", "pack=yes"])
+
+
+def test_pack_true_in_a_config_is_refused(run_cli: Callable[..., CliRun]) -> None:
+    run = run_cli("train", *QUICK, "++pack=true")
+    assert run.code == 2
+    assert "pack: true works on the command line only" in run.err
