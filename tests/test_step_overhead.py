@@ -94,3 +94,14 @@ def test_sampler_order_is_the_random_samplers() -> None:
         torch.manual_seed(n)
         assert sampler_order(n).tolist() == expected
         assert torch.equal(torch.rand(3), after)
+
+
+def test_correct_top_k_counts_what_topk_counts() -> None:
+    from hpmkd.engine.fused import correct_top_k
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 26, generator=g)
+    y = torch.randint(0, 26, (500,), generator=g)
+    for k in (1, 5):
+        expected = (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum()
+        assert correct_top_k(logits, y, k) == expected

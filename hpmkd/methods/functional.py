@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -29,4 +30,4 @@ def tempered_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: flo
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy on the labels, in fp32 whatever the autocast dtype of the logits."""
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits if logits.dtype == torch.float32 else logits.float(), labels)
