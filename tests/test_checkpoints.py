@@ -84,3 +84,22 @@ def test_best_checkpoint_holds_the_best_epoch_however_often_last_is_written(
     for name, value in weights[-1].items():
         assert torch.equal(last["state_dict"][f"student.{name}"], value), name
     assert last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == len(ACCURACIES)
+
+
+def test_the_journal_lists_the_epochs_a_resume_can_start_from(tmp_path: Path) -> None:
+    """An epoch is journaled only once last.ckpt holds it (here: the final one only)."""
+    from hpmkd.engine.journal import JOURNAL_FILE, Journal, JournalEpochs, read_journal
+
+    quiet_lightning()
+    journal = Journal.start(tmp_path)
+    fit(
+        _module(None, method="ce"),
+        SplitsDataModule(_data(), batch_size=16, eval_batch_size=64),
+        out_dir=tmp_path,
+        epochs=3,
+        trainer_kwargs={"accelerator": "cpu", "enable_progress_bar": False},
+        callbacks=[JournalEpochs(journal, "student")],
+        checkpoint_every_s=3600,
+    )
+    events = read_journal(tmp_path / JOURNAL_FILE)
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [3]

@@ -112,6 +112,18 @@ class ResumableCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
         self.clock.written()
 
+    def holds_current_step(self, trainer: L.Trainer) -> bool:
+        """Whether ``last.ckpt`` on disk is the training state as it is now."""
+        return self._last_global_step_saved == trainer.global_step
+
+
+def resumable_now(trainer: L.Trainer) -> bool:
+    """Whether a resume would start from the current state (True where no ``last.ckpt`` is
+    written: nothing resumes there)."""
+    callbacks = getattr(trainer, "callbacks", [])  # a packed fit's stand-in has none
+    kept = [c for c in callbacks if isinstance(c, ResumableCheckpoint)]
+    return all(c.holds_current_step(trainer) for c in kept)
+
 
 def fit_checkpoints(
     dirpath: Path, every_s: float, has_val: bool

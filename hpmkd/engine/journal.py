@@ -21,6 +21,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
+from hpmkd.engine.checkpoints import resumable_now
+
 JOURNAL_FILE = "journal.jsonl"
 
 
@@ -97,7 +99,8 @@ def segments(events: list[dict[str, Any]], now: float | None = None) -> list[dic
 
 
 class JournalEpochs(Checkpoint):
-    """Journals each fit's start (with its first epoch), every finished epoch and its end.
+    """Journals each fit's start (with its first epoch), every epoch whose resumable checkpoint
+    is on disk (``checkpoint_every_s``) and its end.
 
     A ``Checkpoint`` so that Lightning runs its hooks after the ModelCheckpoint given before it:
     an epoch is journaled once its checkpoint is on disk, so a resume never starts before it.
@@ -112,7 +115,7 @@ class JournalEpochs(Checkpoint):
             self.journal.write("fit_start", unit=self.unit, epoch=trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and resumable_now(trainer):
             self.journal.write("epoch", unit=self.unit, epoch=trainer.current_epoch + 1)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -378,4 +378,4 @@ def test_engine_step_with_an_ensemble_of_mlp_teachers_lowers_the_loss():
         return module.training_step((x, y, torch.arange(32)), 0)
 
     check_one_step(loss, params, ensemble.parameters(), lr=0.05)
-    assert "teacher_weight_1" in module._epoch_sums
+    assert "teacher_weight_1" in module.epoch_means()
