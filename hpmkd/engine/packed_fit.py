@@ -141,7 +141,7 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
         _callbacks(r, "on_train_start", 0)
     tables = _teacher_tables(modules, splits)
     groups = _loss_groups(modules)
-    members = torch.arange(len(requests)).unsqueeze(1)
+    offsets = torch.arange(len(requests)).unsqueeze(1) * len(splits.y_train)  # rows of a table
     n, batch_size = len(splits.y_train), first.datamodule.batch_size
     sizes = torch.tensor(
         [min(batch_size, n - s) for s in range(0, n, batch_size)], dtype=torch.float
@@ -159,8 +159,10 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
                 orders.append(order)
             stacked = torch.stack(orders)  # [members, samples]: each member's sample order
             # the epoch's inputs, labels and teacher rows in each member's order; a batch is a slice
-            xs_epoch, ys_epoch = splits.x_train[stacked], splits.y_train[stacked]
-            teacher_epoch = None if tables is None else tables[members, stacked]
+            xs_epoch, ys_epoch = _rows(splits.x_train, stacked), _rows(splits.y_train, stacked)
+            teacher_epoch = (
+                None if tables is None else _rows(tables.flatten(0, 1), stacked + offsets)
+            )
             for m in modules:
                 m.method.epoch = epoch
             steps: dict[tuple[int, str], list[Tensor]] = {}  # per group and term: its steps
@@ -222,6 +224,11 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     for k, r in enumerate(requests):
         r.rng_state = states[k]
     return results
+
+
+def _rows(table: Tensor, order: Tensor) -> Tensor:
+    """``table[order]`` for a 2-d ``order`` (as one ``index_select``, several times faster)."""
+    return table.index_select(0, order.reshape(-1)).view(*order.shape, *table.shape[1:])
 
 
 def _teacher_tables(modules: Sequence[Any], splits: DataSplits) -> Tensor | None:
