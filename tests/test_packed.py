@@ -32,9 +32,14 @@ def _member(outputs: Path, sweep: str, num: int) -> tuple[dict, dict[str, torch.
     return results, torch.load(run / "student.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("path", ["stacked", "vmap"])  # stacked: with batched losses
+# stacked: with batched losses, one loss group; vmap: two loss groups (one per temperature)
+@pytest.mark.parametrize(("path", "temperatures"), [("stacked", "2"), ("vmap", "4,2")])
 def test_a_packed_member_equals_the_member_alone(
-    run_cli: Callable[..., CliRun], hpmkd_env: Path, monkeypatch: pytest.MonkeyPatch, path: str
+    run_cli: Callable[..., CliRun],
+    hpmkd_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    temperatures: str,
 ) -> None:
     import hpmkd.engine.packed_fit as packed_fit
 
@@ -52,11 +57,12 @@ def test_a_packed_member_equals_the_member_alone(
     monkeypatch.setattr(packed_fit, "_pack_forward", spy)
     switch = "pack=true" if path == "stacked" else "hydra/launcher=packed"  # the same launcher
     packed = run_cli(
-        "train", "-m", *QUICK, switch, "seed=0,1,2", "method.temperature=4,2",
+        "train", "-m", *QUICK, switch, "seed=0,1,2", f"method.temperature={temperatures}",
         f"hydra.sweep.dir={hpmkd_env / 'packed'}",
     )  # fmt: skip
     assert packed.code == 0, packed.err
-    assert "6 student fits packed as one model" in packed.out + packed.err
+    count = 3 * len(temperatures.split(","))
+    assert f"{count} student fits packed as one model" in packed.out + packed.err
     assert used == [path == "stacked"]
     alone = run_cli(
         "train", "-m", *QUICK, "seed=2", "method.temperature=2",
@@ -64,7 +70,7 @@ def test_a_packed_member_equals_the_member_alone(
     )  # fmt: skip
     assert alone.code == 0, alone.err
     root = hpmkd_env
-    ours, our_student = _member(root, "packed", 5)  # seed=2, T=2: the sweep's last member
+    ours, our_student = _member(root, "packed", count - 1)  # seed=2, T=2: the last member
     theirs, their_student = _member(root, "alone", 0)
     assert run_identity(ours["config"]) == run_identity(theirs["config"])
     for name, value in their_student.items():
@@ -75,10 +81,12 @@ def test_a_packed_member_equals_the_member_alone(
         assert ours["curves"][name] == pytest.approx(curve, rel=1e-5)
     for key in ("test_acc", "test_acc_last", "test_acc_best", "best_epoch", "epochs"):
         assert ours[key] == pytest.approx(theirs[key])
-    loaded = hpmkd.load_student(root / "packed" / "5")  # its checkpoints/best.ckpt
+    loaded = hpmkd.load_student(root / "packed" / str(count - 1))  # its checkpoints/best.ckpt
     for name, value in loaded.state_dict().items():
         torch.testing.assert_close(value, our_student[name])
-    assert not (root / "packed" / "5" / "checkpoints" / "last.ckpt").exists()  # not resumable
+    assert not (
+        root / "packed" / str(count - 1) / "checkpoints" / "last.ckpt"
+    ).exists()  # not resumable
 
 
 def test_members_that_cannot_be_packed_run_alone_and_say_why(
