@@ -105,3 +105,20 @@ def test_correct_top_k_counts_what_topk_counts() -> None:
     for k in (1, 5):
         expected = (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum()
         assert correct_top_k(logits, y, k) == expected
+
+
+def test_a_fused_fit_shows_one_bar_over_its_epochs(tmp_path: Path) -> None:
+    from hpmkd.data.loader import SplitsDataModule
+    from hpmkd.engine.fit import make_trainer
+    from hpmkd.engine.progress import RunProgressBar
+    from tests.test_engine import _data, _module
+
+    module = _module(None, method="ce")
+    kwargs = {"accelerator": "cpu", "num_sanity_val_steps": 0, "enable_progress_bar": True}
+    trainer, _ = make_trainer(out_dir=tmp_path, epochs=4, trainer_kwargs=kwargs, has_val=True)
+    data = fit_module.fit_data(module, SplitsDataModule(_data(), 16, 64), trainer)
+    (bar,) = [c for c in trainer.callbacks if isinstance(c, RunProgressBar)]
+    trainer.fit(module, datamodule=data)
+    assert module.fused_epochs
+    (task,) = bar.progress.tasks
+    assert task.description == "Epochs" and task.total == 4 and task.completed == 4

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from hpmkd.data.loader import SplitsDataModule, split_size
@@ -24,6 +24,7 @@ from hpmkd.engine.checkpoints import fit_checkpoints
 from hpmkd.engine.fused import FusedEpochs, direct_steps, fused_refusal, fused_trainer
 from hpmkd.engine.module import DistillModule
 from hpmkd.engine.packed import FitRequest, current_member
+from hpmkd.engine.progress import RunProgressBar
 from hpmkd.errors import UserError
 
 log = logging.getLogger("hpmkd")
@@ -176,7 +177,7 @@ def make_trainer(
     before = [c for c in callbacks if not isinstance(c, Checkpoint)]
     all_callbacks: list[Callback] = [*before, *checkpoints, *after]
     if show_progress:
-        all_callbacks.append(RichProgressBar(leave=False))
+        all_callbacks.append(RunProgressBar())
     if not has_val:
         kwargs["limit_val_batches"] = 0
     trainer = L.Trainer(
