@@ -140,9 +140,11 @@ def test_fused_optimizer_where_the_class_has_a_kernel_unless_the_recipe_chose():
     assert resolve_perf(AUTO, "auto", CUDA, optimizer=ADAM).fused_optimizer
     assert not resolve_perf(AUTO, "auto", torch.device("mps"), optimizer=ADAM).fused_optimizer
     sgd = ADAM | {"_target_": "torch.optim.SGD"}
-    assert resolve_perf(AUTO, "auto", CPU, optimizer=sgd).fused_optimizer
+    assert not resolve_perf(AUTO, "auto", CPU, optimizer=sgd).fused_optimizer  # not measured to pay
+    on = AUTO | {"fused_optimizer": True}
+    assert resolve_perf(on, "auto", CPU, optimizer=sgd).fused_optimizer
     rmsprop = ADAM | {"_target_": "torch.optim.RMSprop"}  # no fused kernel in torch
-    assert not resolve_perf(AUTO, "auto", CPU, optimizer=rmsprop).fused_optimizer
+    assert not resolve_perf(on, "auto", CPU, optimizer=rmsprop).fused_optimizer
     assert not resolve_perf(AUTO, "auto", CPU, optimizer=ADAM | {"foreach": True}).fused_optimizer
     assert not resolve_perf(AUTO, "auto", CPU, optimizer=ADAM | {"fused": False}).fused_optimizer
     off = AUTO | {"fused_optimizer": False}
