@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import DictConfig, open_dict
 
+from hpmkd.data.stream_loader import cpu_count
 from hpmkd.engine.packed import PackMember
 from hpmkd.engine.packed_fit import pack_signature, train_pack
 from hydra_plugins.hpmkd_packed_launcher.packed_launcher import PackedLauncher
@@ -72,8 +73,11 @@ def launch(
                 members[0].name,
             )
         else:
-            log.info("%s: %d student fits packed as one model", ",".join(m.name for m in members),
-                     len(members))  # fmt: skip
+            threads = launcher.threads or cpu_count()
+            log.info("%s: %d student fits packed as one model (%d torch threads)",
+                     ",".join(m.name for m in members), len(members), threads)  # fmt: skip
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
             try:
                 results = train_pack([m.request for m in members])  # type: ignore[misc]
             except Exception as err:  # noqa: BLE001 - each member fails with it, as it would alone
@@ -82,6 +86,8 @@ def launch(
             else:
                 for m, result in zip(members, results, strict=True):
                     m.result = result
+            finally:
+                torch.set_num_threads(previous)
         for m, cfg in group:
             _resume(m, cfg)
     for idx, member, _ in pack:

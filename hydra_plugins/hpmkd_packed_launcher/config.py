@@ -12,6 +12,9 @@ class PackedLauncherConf:
     _target_: str = "hydra_plugins.hpmkd_packed_launcher.packed_launcher.PackedLauncher"
     # Most members in one pack (the others form further packs); null: no limit.
     max_pack: int | None = None
+    # torch threads of the packed training (the members' other work keeps the process's
+    # setting); null: every core this process may use
+    threads: int | None = None
 
 
 ConfigStore.instance().store(

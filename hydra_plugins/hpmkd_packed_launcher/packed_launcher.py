@@ -13,8 +13,9 @@ from omegaconf import DictConfig
 class PackedLauncher(Launcher):
     """Runs the members in this process; their student fits train packed where they can."""
 
-    def __init__(self, max_pack: int | None = None) -> None:
+    def __init__(self, max_pack: int | None = None, threads: int | None = None) -> None:
         self.max_pack = max_pack
+        self.threads = threads
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
