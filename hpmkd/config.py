@@ -34,7 +34,7 @@ def _wandb_offline() -> bool:
 # where a run writes, how it logs and which seed it uses: not what makes it a configuration
 _NOT_IN_GROUP = (
     "seed", "paths", "logger", "store", "resume", "tags", "skip_complete", "optimized_metric",
-    "bench", "checkpoint_every_s",
+    "bench", "checkpoint_every_s", "pack",
 )  # fmt: skip
 
 # numbers of results.json a sweeper can optimise (``optimized_metric``)

@@ -55,7 +55,7 @@ def run_identity(config: dict) -> dict:
     """A run's resolved config without where it writes, whether it resumes, how often it writes
     its resumable checkpoint and which result a sweeper reads (``optimized_metric``): what must
     agree for a run to be the same run."""
-    other = ("resume", "paths", "optimized_metric", "checkpoint_every_s")
+    other = ("resume", "paths", "optimized_metric", "checkpoint_every_s", "pack")
     plain = {k: v for k, v in config.items() if k not in other}
     if plain.get("logger"):
         plain["logger"] = {

@@ -15,6 +15,7 @@
 # LAUNCHER=packed runs the packable sweeps (ce, kd, probes, probes_b; the scan's ce and kd) with
 # hydra/launcher=packed: their members' student fits train as one model, with the same results.
 # Each sweep's wall time is printed ("wall time <name>: <seconds> s") to compare the two.
+# SWEEPS="ce kd probes probes_b" runs only the sweeps named (default: all of them).
 set -uo pipefail
 data=${1:?usage: hpmkd_ablation.sh <letter|penbased>}
 epochs=${EPOCHS:-30}
@@ -37,6 +38,7 @@ common=(
 )
 sweep() {
   local name=$1 started=$SECONDS; shift
+  [ -z "${SWEEPS:-}" ] || [[ " $SWEEPS " == *" $name "* ]] || return 0
   $hpmkd train -m "${common[@]}" "$@" "hydra.sweep.dir=$out/$name"
   echo "wall time $name: $((SECONDS - started)) s"
 }

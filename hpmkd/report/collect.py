@@ -83,6 +83,7 @@ def _total_time(results: dict) -> float:
 NOT_IDENTITY = (
     "seed", "resume", "checkpoint_every_s", "tags", "skip_complete", "teacher_cache", "paths",
     "logger", "store", "perf", "hydra", "trainer.enable_progress_bar", "optimized_metric", "bench",
+    "pack",
 )  # fmt: skip
 
 
