@@ -213,14 +213,14 @@ def per_rank(datamodule: SplitsDataModule, world_size: int) -> SplitsDataModule:
 
 
 @contextmanager
-def cpu_without_nvml_probe(trainer: L.Trainer) -> Iterator[None]:
+def without_nvml_probe() -> Iterator[None]:
     """Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` on import; on a machine without NVML,
     torch then looks for the library again at every Adam step (``torch.cuda.is_available``,
-    about 0.1 ms each, more than a small model's step). A fit on the CPU there probes CUDA
+    about 0.1 ms each, more than a small model's step). Training on the CPU there probes CUDA
     the ordinary way, which finds no driver and initialises nothing."""
     name = "PYTORCH_NVML_BASED_CUDA_CHECK"
     probe = os.environ.get(name)
-    if probe != "1" or trainer.strategy.root_device.type != "cpu" or nvml_available():
+    if probe != "1" or nvml_available():
         yield
         return
     del os.environ[name]
@@ -228,6 +228,16 @@ def cpu_without_nvml_probe(trainer: L.Trainer) -> Iterator[None]:
         yield
     finally:
         os.environ[name] = probe
+
+
+@contextmanager
+def cpu_without_nvml_probe(trainer: L.Trainer) -> Iterator[None]:
+    """``without_nvml_probe`` for a fit on the CPU."""
+    if trainer.strategy.root_device.type != "cpu":
+        yield
+        return
+    with without_nvml_probe():
+        yield
 
 
 @cache

@@ -174,13 +174,14 @@ class DistillModule(L.LightningModule):
         """Every batch of the epoch, stepped as Lightning's automatic optimisation would; then
         the validation Lightning's loop would run after them."""
         optimizer = self.optimizers()
+        inner, step = optimizer.optimizer, self._step
         for index in epoch.batches:
-            loss = self._step((epoch.x[index], epoch.y[index], index))
+            loss = step((epoch.x[index], epoch.y[index], index))
             if self.direct_steps:
-                optimizer.optimizer.zero_grad()
+                inner.zero_grad()
                 loss.backward()
                 optimizer._on_before_step()  # Lightning's step count (global_step)
-                optimizer.optimizer.step()
+                inner.step()
                 optimizer._on_after_step()
             else:
                 optimizer.zero_grad()
@@ -267,7 +268,10 @@ class DistillModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         if self.fused_epochs and (scheduler := self.lr_schedulers()) is not None:
             scheduler.step()  # manual optimisation: Lightning steps no scheduler itself
-        for term, mean in self.epoch_means().items():
+        means = self.epoch_means()
+        if len(self._loss_terms) == 1:  # the one term is the loss: logged once, as train/loss
+            means.pop(next(iter(self._loss_terms)), None)
+        for term, mean in means.items():
             self.log(f"train/{term}", mean, prog_bar=term == "loss")
         self._epoch_sums, self._step_terms, self._epoch_samples = {}, [], 0
 

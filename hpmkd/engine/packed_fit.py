@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -27,7 +25,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
-from hpmkd.engine.fit import FitResult, nvml_available
+from hpmkd.engine.fit import FitResult, without_nvml_probe
 from hpmkd.engine.journal import JournalEpochs
 from hpmkd.engine.packed import FitRequest
 from hpmkd.engine.packed_losses import batched_terms
@@ -151,7 +149,7 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     best: list[dict[str, Tensor] | None] = [None] * len(requests)
     best_acc = [-1.0] * len(requests)
     global_step = 0
-    with _no_nvml_probe():
+    with without_nvml_probe():
         for epoch in range(first.epochs):
             orders = []
             for k in range(len(requests)):
@@ -384,23 +382,6 @@ def _pack_forward(
         lambda p, x: eval_forward(p, buffers, x),
         base.train,
     )
-
-
-@contextmanager
-def _no_nvml_probe() -> Iterator[None]:
-    """Without NVML, ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (set by Lightning on import) makes every
-    optimiser step look for the library again; the pack, on the CPU, probes CUDA the ordinary
-    way instead (as ``engine.fit`` does for a fit on the CPU)."""
-    name = "PYTORCH_NVML_BASED_CUDA_CHECK"
-    probe = os.environ.get(name)
-    if probe != "1" or nvml_available():
-        yield
-        return
-    del os.environ[name]
-    try:
-        yield
-    finally:
-        os.environ[name] = probe
 
 
 def _epoch_sums(
