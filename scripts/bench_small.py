@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         times["kd_plain"].append(plain_loop(data, student(), teacher, epochs, plain_dir))
         kd = hpmkd.distill(teacher, "mlp_small", data="letter", overrides=common)
         times["kd"].append(hpmkd_train_s(kd))
+    print("train times (s), per repeat:", {k: [round(t, 2) for t in v] for k, v in times.items()})
     median = {k: statistics.median(v) for k, v in times.items()}
     ce_ratio = median["ce_plain"] / median["ce"]
     kd_ratio = median["kd_plain"] / median["kd"]
