@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.loggers import CSVLogger
 
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.engine.fit import fit, quiet_lightning
@@ -16,6 +17,17 @@ from hpmkd.engine.module import DistillModule
 from tests.test_engine import _data, _module
 
 ACCURACIES = [0.5, 0.9, 0.7, 0.6]  # validation accuracy per epoch: the best is epoch 1
+
+
+class SavesSeen(CSVLogger):
+    """A logger that counts the checkpoint writes it is told of (wandb uploads on them)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(save_dir=str(root), name="csv", version="")
+        self.told = 0
+
+    def after_save_checkpoint(self, checkpoint_callback) -> None:  # noqa: ANN001
+        self.told += 1
 
 
 class WeightsPerEpoch(L.Callback):
@@ -44,6 +56,7 @@ def _fit(tmp_path: Path, every_s: float, monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", spy)
     weights = WeightsPerEpoch()
+    logger = SavesSeen(tmp_path)
     result = fit(
         _module(None, method="ce"),
         SplitsDataModule(_data(), batch_size=16, eval_batch_size=64),
@@ -55,8 +68,10 @@ def _fit(tmp_path: Path, every_s: float, monkeypatch: pytest.MonkeyPatch):
             "num_sanity_val_steps": 0,
         },
         callbacks=[weights],
+        loggers=[logger],
         checkpoint_every_s=every_s,
     )
+    assert logger.told == len(written)  # every write reported, the kept best's too
     return result, written, weights.weights
 
 

@@ -105,6 +105,9 @@ def test_correct_top_k_counts_what_topk_counts() -> None:
     for k in (1, 5):
         expected = (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum()
         assert correct_top_k(logits, y, k) == expected
+        members = torch.stack([logits, logits.flip(1), -logits])  # per member of a pack
+        for m, counted in enumerate(correct_top_k(members, y, k)):
+            assert counted == (members[m].topk(k, dim=1).indices == y[:, None]).any(1).sum()
 
 
 def test_a_fused_fit_shows_one_bar_over_its_epochs(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -79,6 +80,9 @@ class BestCheckpoint(ModelCheckpoint):
             filepath, checkpoint = self._pending
             trainer.strategy.save_checkpoint(checkpoint, filepath)
             self._pending = None
+            if trainer.is_global_zero:  # as ModelCheckpoint does (e.g. wandb's model upload)
+                for logger in trainer.loggers:
+                    logger.after_save_checkpoint(proxy(self))
 
 
 class ResumableCheckpoint(ModelCheckpoint):

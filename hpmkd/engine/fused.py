@@ -79,12 +79,13 @@ def skip_loader_seed() -> None:
 
 
 def correct_top_k(logits: Tensor, y: Tensor, k: int) -> Tensor:
-    """How many rows have their label among the ``k`` largest logits: top-1 is the argmax;
-    top-k counts a label when fewer than ``k`` logits exceed its own (no sort)."""
+    """How many rows of ``logits`` (``[..., rows, classes]``) have their label among the ``k``
+    largest logits, per leading index: top-1 is the argmax; top-k counts a label when fewer than
+    ``k`` logits exceed its own (no sort)."""
     if k == 1:
-        return (logits.argmax(-1) == y).sum()
-    own = logits.gather(-1, y.unsqueeze(-1))
-    return ((logits > own).sum(-1) < k).sum()
+        return (logits.argmax(-1) == y).sum(-1)
+    own = logits.gather(-1, y.expand(logits.shape[:-1]).unsqueeze(-1))
+    return ((logits > own).sum(-1) < k).sum(-1)
 
 
 class FusedEpochs(L.LightningDataModule):

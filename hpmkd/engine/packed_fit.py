@@ -26,6 +26,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
 from hpmkd.engine.fit import FitResult, without_nvml_probe
+from hpmkd.engine.fused import correct_top_k, sampler_order, skip_loader_seed
 from hpmkd.engine.journal import JournalEpochs
 from hpmkd.engine.packed import FitRequest
 from hpmkd.engine.packed_losses import batched_terms
@@ -96,19 +97,17 @@ def _draw(state: Tensor, n: int, has_val: bool) -> tuple[Tensor, Tensor]:
     """One epoch's sample order under a member's RNG state, drawn as its Lightning fit draws it
     (its batches are consecutive slices of it); and the RNG state after the epoch's draws."""
     torch.set_rng_state(state)
-    torch.empty((), dtype=torch.int64).random_()  # the train loader iterator's base seed
-    # RandomSampler without a generator: a permutation under a generator seeded from the RNG
-    sampler_seed = int(torch.empty((), dtype=torch.int64).random_().item())
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(sampler_seed))
+    skip_loader_seed()  # the train loader's iterator
+    order = sampler_order(n)
     if has_val:
-        torch.empty((), dtype=torch.int64).random_()  # the validation loader's
+        skip_loader_seed()  # the validation loader's (a fit alone draws it in its fused step)
     return order, torch.get_rng_state()
 
 
 def _accuracy(logits: Tensor, y: Tensor, k: int = 1) -> Tensor:
-    """Per member: the fraction of samples whose label is among the top ``k`` logits."""
-    top = logits.topk(k, dim=-1).indices
-    return (top == y.view(1, -1, 1)).any(-1).float().mean(-1)
+    """Per member: the fraction of samples whose label is among the top ``k`` logits, counted
+    as a fit alone counts it."""
+    return correct_top_k(logits, y, k).float() / len(y)
 
 
 class _Epoch:
