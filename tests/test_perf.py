@@ -43,6 +43,12 @@ AUTO = {
     "cuda_graphs": False,
 }
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+
+
+class Adam(torch.optim.SGD):
+    """An optimiser named Adam that is not torch's."""
+
+
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda", 0)  # a device object only: resolving needs no GPU
 SHAPE = (3, 8, 8)
@@ -145,6 +151,9 @@ def test_fused_optimizer_where_the_class_has_a_kernel_unless_the_recipe_chose():
     assert resolve_perf(on, "auto", CPU, optimizer=sgd).fused_optimizer
     rmsprop = ADAM | {"_target_": "torch.optim.RMSprop"}  # no fused kernel in torch
     assert not resolve_perf(on, "auto", CPU, optimizer=rmsprop).fused_optimizer
+    # a class of another library that happens to be called Adam is not fused by default
+    other = ADAM | {"_target_": "tests.test_perf.Adam"}
+    assert not resolve_perf(AUTO, "auto", CPU, optimizer=other).fused_optimizer
     assert not resolve_perf(AUTO, "auto", CPU, optimizer=ADAM | {"foreach": True}).fused_optimizer
     assert not resolve_perf(AUTO, "auto", CPU, optimizer=ADAM | {"fused": False}).fused_optimizer
     off = AUTO | {"fused_optimizer": False}

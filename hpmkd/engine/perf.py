@@ -54,7 +54,7 @@ AUTO_ON = {
 }
 FP16_AMP = ("16", "16-mixed")
 # the optimisers ``perf.fused_optimizer=auto`` fuses (measured to gain; scripts/bench_optimizer.py)
-FUSED_BY_DEFAULT = ("Adam", "AdamW")
+FUSED_BY_DEFAULT = (torch.optim.Adam, torch.optim.AdamW)
 
 
 @dataclass(frozen=True)
@@ -112,27 +112,26 @@ def _fused_optimizer(
         return False
     if "fused" in optimizer or "foreach" in optimizer:
         return bool(optimizer.get("fused"))
-    target = optimizer.get("_target_")
+    kind = optimizer_class(optimizer.get("_target_"))
     if wanted == AUTO:
-        return on and str(target).rsplit(".", 1)[-1] in FUSED_BY_DEFAULT
+        return on and kind in FUSED_BY_DEFAULT
     if not on:
         return False
     if device.type not in AUTO_ON["fused_optimizer"]:
         log.warning("perf.fused_optimizer=true: no fused kernels on %s; running without", device)
         return False
-    return has_fused_kernel(target)
+    return kind is not None and "fused" in inspect.signature(kind).parameters
 
 
-def has_fused_kernel(target: Any) -> bool:
-    """Whether the optimiser class (or its dotted path) takes ``fused=True``."""
-    if isinstance(target, str):
-        from hydra.utils import get_class
+def optimizer_class(target: Any) -> type | None:
+    """The class a ``_target_`` names (None: not a class; the error is reported where it is
+    built)."""
+    from hydra.utils import get_class
 
-        try:
-            target = get_class(target)
-        except Exception:  # noqa: BLE001 - an unknown class is reported where it is built
-            return False
-    return callable(target) and "fused" in inspect.signature(target).parameters
+    try:
+        return get_class(target) if isinstance(target, str) else None
+    except Exception:  # noqa: BLE001 - reported where the optimiser is built
+        return None
 
 
 def _switch(
