@@ -127,3 +127,51 @@ def test_pack_true_in_a_config_is_refused(run_cli: Callable[..., CliRun]) -> Non
     run = run_cli("train", *QUICK, "++pack=true")
     assert run.code == 2
     assert "pack: true works on the command line only" in run.err
+
+
+def _twelve_classes(path: Path) -> Path:
+    """A learnable table of 12 classes (so that top-5 accuracy is logged), 6 numeric features."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(720) % 12
+    x = torch.randn(720, 6, generator=gen) + torch.stack([y % 3, y // 3, y % 4], 1).repeat(1, 2)
+    rows = ["a,b,c,d,e,f,label"] + [
+        ",".join(f"{v:.4f}" for v in row) + f",c{int(label)}"
+        for row, label in zip(x, y, strict=True)
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _metrics(run: Path) -> list[dict[str, str]]:
+    import csv
+
+    with (run / "csv" / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("strategy", ["plain", "kd"])
+def test_a_packed_member_logs_the_rows_the_member_alone_logs(
+    run_cli: Callable[..., CliRun], hpmkd_env: Path, strategy: str
+) -> None:
+    table = _twelve_classes(hpmkd_env / "twelve.csv")
+    common = [
+        "data=csv", f"data.path={table}", "recipe.epochs=3", "trainer.enable_progress_bar=false",
+        "trainer.accelerator=cpu", f"+strategy={strategy}", "teacher.seed=0",
+    ]  # fmt: skip
+    packed = run_cli("train", "-m", *common, "pack=true", "seed=0,1",
+                     f"hydra.sweep.dir={hpmkd_env / 'packed'}")  # fmt: skip
+    assert packed.code == 0, packed.err
+    assert "2 student fits packed as one model" in packed.out + packed.err
+    alone = run_cli("train", "-m", *common, "seed=1", f"hydra.sweep.dir={hpmkd_env / 'alone'}")
+    assert alone.code == 0, alone.err
+    ours, theirs = _metrics(hpmkd_env / "packed" / "1"), _metrics(hpmkd_env / "alone" / "0")
+    assert list(ours[0]) == list(theirs[0])  # the same columns, in the same order
+    assert "val/acc_top5" in theirs[0]
+    assert ("train/ce" in theirs[0]) == (strategy == "kd")  # one term: logged as train/loss
+    assert len(ours) == len(theirs)
+    for our_row, their_row in zip(ours, theirs, strict=True):
+        for column, value in their_row.items():
+            if column in ("epoch", "step") or value == "":
+                assert our_row[column] == value, column
+            else:
+                assert float(our_row[column]) == pytest.approx(float(value), rel=1e-5), column

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ QUICK = [
     "recipe.batch_size=32",
     "trainer.enable_progress_bar=false",
     "trainer.accelerator=cpu",
-    "logger=none",
+    "logger=csv",
 ]
 
 
@@ -66,6 +67,16 @@ def test_fused_epochs_match_the_per_batch_loop(
         for run in ("fused", "loop")
     ]
     assert steps[0] == steps[1] > 3  # one optimiser step per batch, counted as Lightning counts
+    # the same values logged at the same epochs and steps (the per-batch loop writes validation
+    # and training metrics in rows of their own)
+    logged = [
+        pd.read_csv(hpmkd_env / run / "csv" / "metrics.csv")
+        .melt(id_vars=["epoch", "step"])
+        .dropna()
+        .sort_values(["epoch", "step", "variable"], kind="stable", ignore_index=True)
+        for run in ("fused", "loop")
+    ]
+    pd.testing.assert_frame_equal(logged[0], logged[1], rtol=1e-5)
 
 
 def test_bench_small_parses_its_options() -> None:

@@ -2,11 +2,12 @@
 
 For models of a few thousand parameters Lightning's per-batch machinery (hooks, closures,
 progress, the optimisation loop) costs more than the batch's arithmetic. With the fused loop the
-train loader yields one item per epoch, ``EpochBatches``: the split's tensors and the epoch's
-batches of sample indices, drawn exactly as ``DataLoader(shuffle=True)`` draws them (the same
-global-RNG calls in the same order). ``DistillModule`` then runs every batch of the epoch inside
-one ``training_step`` with manual optimisation: the same optimiser steps, the scheduler stepped
-at the epoch's end, and checkpoints and every epoch hook of every callback as before.
+train loader yields one item per epoch, ``EpochBatches``: the split's rows gathered in the epoch's
+sample order, drawn exactly as ``DataLoader(shuffle=True)`` draws it (the same global-RNG calls
+in the same order), so that each batch is a slice. ``DistillModule`` then runs every batch of the
+epoch inside one ``training_step`` with manual optimisation: the same optimiser steps, the
+scheduler stepped at the epoch's end, and checkpoints and every epoch hook of every callback as
+before; the loggers' step counts the batches, as in Lightning's own loop.
 
 Validation runs at the end of that step too (Lightning's validation loop, run once per epoch,
 costs more than a small model's whole epoch): the student's accuracy on the validation split,
@@ -17,7 +18,7 @@ Lightning's per-batch loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import lightning as L
@@ -42,13 +43,21 @@ class Validation:
 
 @dataclass
 class EpochBatches:
-    """One epoch: the training split, its batches (sample indices, in training order) and the
-    validation split to evaluate after them (None: no validation)."""
+    """One epoch: the training split's rows in training order (gathered once: a batch is a
+    slice), their sample indices, the batch size and the validation split to evaluate after them
+    (None: no validation)."""
 
     x: Tensor
     y: Tensor
-    batches: list[Tensor]
+    order: Tensor
+    batch_size: int
     validation: Validation | None = None
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Each batch's inputs, labels and sample indices, in training order."""
+        for start in range(0, len(self.order), self.batch_size):
+            end = start + self.batch_size
+            yield self.x[start:end], self.y[start:end], self.order[start:end]
 
 
 class _OneEpoch(Dataset):
@@ -62,7 +71,8 @@ class _OneEpoch(Dataset):
 
     def __getitem__(self, item: int) -> EpochBatches:
         order = sampler_order(len(self.y)).to(self.x.device)
-        return EpochBatches(self.x, self.y, list(order.split(self.batch_size)), self.validation)
+        x, y = self.x.index_select(0, order), self.y.index_select(0, order)
+        return EpochBatches(x, y, order, self.batch_size, self.validation)
 
 
 def sampler_order(n: int) -> Tensor:

@@ -175,8 +175,10 @@ class DistillModule(L.LightningModule):
         the validation Lightning's loop would run after them."""
         optimizer = self.optimizers()
         inner, step = optimizer.optimizer, self._step
-        for index in epoch.batches:
-            loss = step((epoch.x[index], epoch.y[index], index))
+        steps = 0
+        for batch in epoch.batches():
+            steps += 1
+            loss = step(batch)
             if self.direct_steps:
                 inner.zero_grad()
                 loss.backward()
@@ -187,6 +189,8 @@ class DistillModule(L.LightningModule):
                 optimizer.zero_grad()
                 self.manual_backward(loss)
                 optimizer.step()
+        # Lightning counts this epoch as one batch; its loggers' step counts batches
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped += steps - 1
         if epoch.validation is not None:
             self._validate_in_step(epoch.validation)
 

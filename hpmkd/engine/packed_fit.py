@@ -148,6 +148,9 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     best: list[dict[str, Tensor] | None] = [None] * len(requests)
     best_acc = [-1.0] * len(requests)
     global_step = 0
+    loss_terms: dict[int, tuple[str, ...]] = {}  # per loss group: its method's loss terms
+    member_group = _member_groups(groups, len(requests))
+    top5 = splits.num_classes > 10
     with without_nvml_probe():
         for epoch in range(first.epochs):
             orders = []
@@ -173,10 +176,13 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
                 total = torch.zeros(())
                 for g, (method, group) in enumerate(groups):
                     if group is None:  # every member
-                        terms = _group_terms(method, logits, teacher, ys, index)
+                        terms, names = _group_terms(method, logits, teacher, ys, index)
                     else:
                         rows = None if teacher is None else teacher[group]
-                        terms = _group_terms(method, logits[group], rows, ys[group], index[group])
+                        terms, names = _group_terms(
+                            method, logits[group], rows, ys[group], index[group]
+                        )
+                    loss_terms[g] = names
                     for term, value in terms.items():
                         steps.setdefault((g, term), []).append(value.detach())
                     total = total + terms["loss"].sum()
@@ -186,7 +192,9 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
                 global_step += 1
             set_mode(False)
             with torch.no_grad():
-                accs = _accuracy(eval_forward(params, splits.x_val), splits.y_val)
+                val_logits = eval_forward(params, splits.x_val)
+                accs = _accuracy(val_logits, splits.y_val)
+                accs5 = _accuracy(val_logits, splits.y_val, 5) if top5 else None
             sums = _epoch_sums(steps, sizes, groups, len(requests))
             for k, r in enumerate(requests):
                 means = {t: v / n for t, v in sums[k].items()}
@@ -197,11 +205,16 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
                     curve = curves[k].setdefault(name, [])
                     curve.extend([None] * (epoch - len(curve)))
                     curve.append(value)
-                metrics = {f"train/{t}": v for t, v in means.items() if t != "temperature"}
+                # as a fit alone logs them: a method's one loss term only as train/loss
+                names = loss_terms[member_group[k]]
+                hidden = {"temperature", *(names if len(names) == 1 else ())}
+                metrics = {f"train/{t}": v for t, v in means.items() if t not in hidden}
                 if has_val:
                     acc = float(accs[k])
                     val_history[k].append(100.0 * acc)
                     metrics["val/acc"] = acc
+                    if accs5 is not None:
+                        metrics["val/acc_top5"] = float(accs5[k])
                     if acc > best_acc[k]:
                         best_acc[k] = acc
                         best[k] = {name: p[k].detach().clone() for name, p in params.items()}
@@ -264,22 +277,34 @@ def _loss_groups(modules: Sequence[Any]) -> list[tuple[DistillMethod, Tensor | N
 
 def _group_terms(
     method: DistillMethod, logits: Tensor, teacher: Tensor | None, y: Tensor, index: Tensor
-) -> dict[str, Tensor]:
+) -> tuple[dict[str, Tensor], tuple[str, ...]]:
     """Per member of a loss group: its named loss terms, their sum ``loss`` and the method's
     step metrics, as ``DistillModule._step`` computes them for one fit: batched where the
-    method has a batched form (``packed_losses.py``), else the method itself under ``vmap``."""
+    method has a batched form (``packed_losses.py``), else the method itself under ``vmap``;
+    and the names of the loss terms."""
     batched = batched_terms(method, logits, teacher, y)
     if batched is not None:  # methods with no step metrics
-        return {**batched, "loss": torch.stack(list(batched.values())).sum(0)}
+        return {**batched, "loss": torch.stack(list(batched.values())).sum(0)}, tuple(batched)
+    names: list[str] = []
 
     def one(s: Tensor, t: Tensor | None, labels: Tensor, idx: Tensor) -> dict[str, Tensor]:
         target = None if t is None else ModelOutputs(t, {})
         losses = method(ModelOutputs(s, {}), target, labels, idx)
+        names[:] = losses
         loss = torch.stack(list(losses.values())).sum()
         return {**losses, "loss": loss, **method.step_metrics()}
 
     in_dims = (0, None if teacher is None else 0, 0, 0)
-    return vmap(one, in_dims=in_dims)(logits, teacher, y, index)
+    return vmap(one, in_dims=in_dims)(logits, teacher, y, index), tuple(names)
+
+
+def _member_groups(groups: list[tuple[DistillMethod, Tensor | None]], count: int) -> list[int]:
+    """Each member's loss group."""
+    member_group = [0] * count
+    for g, (_, group) in enumerate(groups):
+        for k in range(count) if group is None else group.tolist():
+            member_group[k] = g
+    return member_group
 
 
 def _callbacks(request: FitRequest, hook: str, epoch: int) -> None:
@@ -317,11 +342,20 @@ def _finish(
             None if acc5 is None else 100.0 * float(acc5)
         )
 
+    def log_test(acc: float, acc5: float | None) -> None:  # a row per test, as in a fit alone
+        row = {"test/acc": acc / 100.0, "epoch": epochs}
+        if acc5 is not None:
+            row["test/acc_top5"] = acc5 / 100.0
+        for logger in request.loggers or ():
+            logger.log_metrics(row, step=global_step)
+
     last_member = {name: w[k] for name, w in last.items()}
     test_last, top5 = test(last_member)
+    log_test(test_last, top5)
     test_best = None
     if best is not None:
-        test_best, _ = test(best)
+        test_best, best5 = test(best)
+        log_test(test_best, best5)
         _checkpoint(request, "best", epochs, global_step)
     student.train()
     _callbacks(request, "on_train_end", epochs)
