@@ -50,7 +50,7 @@ def test_a_packed_member_equals_the_member_alone(
         if path == "vmap":  # as for any architecture but an MLP of Linear layers and ReLU,
             monkeypatch.setattr(packed_fit, "stacked_forward", lambda student: None)
             # and any method without a batched form
-            monkeypatch.setattr(packed_fit, "batched_terms", lambda *args: None)
+            monkeypatch.setattr(packed_fit, "batched_form", lambda method: None)
         used.append(packed_fit.stacked_forward(student) is not None)
         return forward(student, buffers)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpmkd.engine.packed_losses import batched_terms
+from hpmkd.engine.packed_losses import batched_form
 from hpmkd.methods import build_method
 from hpmkd.methods.base import ModelOutputs
 
@@ -24,8 +24,9 @@ def test_batched_terms_equal_the_methods_own(config: dict) -> None:
     method = build_method(config)
     logits = torch.randn(3, 7, 5, requires_grad=True)
     teacher, labels = torch.randn(3, 7, 5), torch.randint(0, 5, (3, 7))
-    terms = batched_terms(method, logits, teacher, labels)
-    assert terms is not None
+    form = batched_form(method)
+    assert form is not None
+    terms = form(logits, form.teacher_rows(teacher), labels)
     for k in range(3):
         theirs = method(ModelOutputs(logits[k], {}), ModelOutputs(teacher[k], {}), labels[k], None)
         assert list(terms) == list(theirs)
@@ -38,6 +39,4 @@ def test_batched_terms_equal_the_methods_own(config: dict) -> None:
 
 def test_other_methods_have_no_batched_form() -> None:
     method = build_method({"name": "dkd"})
-    assert (
-        batched_terms(method, torch.randn(2, 4, 3), torch.randn(2, 4, 3), torch.zeros(2, 4)) is None
-    )
+    assert batched_form(method) is None

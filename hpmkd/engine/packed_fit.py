@@ -29,7 +29,7 @@ from hpmkd.engine.fit import FitResult, without_nvml_probe
 from hpmkd.engine.fused import correct_top_k, sampler_order, skip_loader_seed
 from hpmkd.engine.journal import JournalEpochs
 from hpmkd.engine.packed import FitRequest
-from hpmkd.engine.packed_losses import batched_terms
+from hpmkd.engine.packed_losses import BatchedTerms, batched_form
 from hpmkd.engine.stacked_mlp import stacked_forward
 from hpmkd.engine.teacher_cache import CacheCounts
 from hpmkd.io import write_atomic
@@ -136,8 +136,15 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     rng = torch.get_rng_state()
     for r in requests:
         _callbacks(r, "on_train_start", 0)
-    tables = _teacher_tables(modules, splits)
     groups = _loss_groups(modules)
+    forms = [batched_form(method) for method, _ in groups]
+    member_group = _member_groups(groups, len(requests))
+    tables = _teacher_tables(modules, splits)
+    if tables is not None:  # what each member's loss terms read of its teacher
+        tables = torch.stack([
+            table if (form := forms[member_group[k]]) is None else form.teacher_rows(table)
+            for k, table in enumerate(tables)
+        ])  # fmt: skip
     offsets = torch.arange(len(requests)).unsqueeze(1) * len(splits.y_train)  # rows of a table
     n, batch_size = len(splits.y_train), first.datamodule.batch_size
     sizes = torch.tensor(
@@ -149,7 +156,6 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     best_acc = [-1.0] * len(requests)
     global_step = 0
     loss_terms: dict[int, tuple[str, ...]] = {}  # per loss group: its method's loss terms
-    member_group = _member_groups(groups, len(requests))
     top5 = splits.num_classes > 10
     with without_nvml_probe():
         for epoch in range(first.epochs):
@@ -175,12 +181,13 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
                 teacher = None if teacher_epoch is None else teacher_epoch[:, start:end]
                 total = torch.zeros(())
                 for g, (method, group) in enumerate(groups):
+                    form = forms[g]
                     if group is None:  # every member
-                        terms, names = _group_terms(method, logits, teacher, ys, index)
+                        terms, names = _group_terms(method, form, logits, teacher, ys, index)
                     else:
                         rows = None if teacher is None else teacher[group]
                         terms, names = _group_terms(
-                            method, logits[group], rows, ys[group], index[group]
+                            method, form, logits[group], rows, ys[group], index[group]
                         )
                     loss_terms[g] = names
                     for term, value in terms.items():
@@ -276,14 +283,19 @@ def _loss_groups(modules: Sequence[Any]) -> list[tuple[DistillMethod, Tensor | N
 
 
 def _group_terms(
-    method: DistillMethod, logits: Tensor, teacher: Tensor | None, y: Tensor, index: Tensor
+    method: DistillMethod,
+    form: BatchedTerms | None,
+    logits: Tensor,
+    teacher: Tensor | None,
+    y: Tensor,
+    index: Tensor,
 ) -> tuple[dict[str, Tensor], tuple[str, ...]]:
     """Per member of a loss group: its named loss terms, their sum ``loss`` and the method's
-    step metrics, as ``DistillModule._step`` computes them for one fit: batched where the
-    method has a batched form (``packed_losses.py``), else the method itself under ``vmap``;
-    and the names of the loss terms."""
-    batched = batched_terms(method, logits, teacher, y)
-    if batched is not None:  # methods with no step metrics
+    step metrics, as ``DistillModule._step`` computes them for one fit: with the method's
+    batched ``form`` where it has one (``packed_losses.py``), else the method itself under
+    ``vmap``; and the names of the loss terms."""
+    if form is not None:  # methods with no step metrics
+        batched = form(logits, teacher, y)
         return {**batched, "loss": torch.stack(list(batched.values())).sum(0)}, tuple(batched)
     names: list[str] = []
 

@@ -17,9 +17,22 @@ def tempered_kl_per_sample(
     ``F.kl_div`` (the same terms, ``p_t * (log p_t - log p_s)``): kl_div has no vmap batching rule,
     and packed sweeps (engine/packed_fit.py) vmap this loss over members.
     """
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+    teacher = tempered_log_probs(teacher_logits, temperature)
+    return tempered_kl_to_teacher(student_logits, teacher, temperature)
+
+
+def tempered_log_probs(logits: Tensor, temperature: float) -> Tensor:
+    """``log softmax(z / T)`` over classes (dim 1), in fp32."""
+    return F.log_softmax(logits.float() / temperature, dim=1)
+
+
+def tempered_kl_to_teacher(
+    student_logits: Tensor, teacher_log_probs: Tensor, temperature: float
+) -> Tensor:
+    """``tempered_kl_per_sample`` from the teacher's ``tempered_log_probs`` (which a packed fit
+    computes once per training sample rather than once per step)."""
+    log_p_s = tempered_log_probs(student_logits, temperature)
+    kl = (teacher_log_probs.exp() * (teacher_log_probs - log_p_s)).sum(dim=1)
     return kl * temperature**2
 
 
