@@ -52,7 +52,19 @@ def test_fused_epochs_match_the_per_batch_loop(
     else:
         teacher = torch.nn.Sequential(torch.nn.Linear(8, 3))
         kw = {"call": hpmkd.distill, "teacher": teacher, "student": "mlp_small"}
+    import hpmkd.engine.module as module_file
+
+    direct: list[bool] = []
+    planned = module_file.direct_step
+
+    def spy(optimizer: torch.optim.Optimizer):
+        step = planned(optimizer)
+        direct.append(step is not None)
+        return step
+
+    monkeypatch.setattr(module_file, "direct_step", spy)
     fused = _run(hpmkd_env, "fused", True, monkeypatch, **dict(kw))
+    assert direct and all(direct)  # the optimiser stepped without torch.optim's wrappers
     loop = _run(hpmkd_env, "loop", False, monkeypatch, **dict(kw))
     for name, value in loop.student.state_dict().items():
         torch.testing.assert_close(fused.student.state_dict()[name], value)

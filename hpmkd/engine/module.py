@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from hpmkd.data.augment import BatchTransform
+from hpmkd.engine.direct_step import direct_step, direct_zero_grad
 from hpmkd.engine.fused import EpochBatches, Validation, correct_top_k, skip_loader_seed
 from hpmkd.engine.perf import channels_last_input
 from hpmkd.engine.teacher_cache import CachedTeacher, ViewCache
@@ -175,15 +176,17 @@ class DistillModule(L.LightningModule):
         the validation Lightning's loop would run after them."""
         optimizer = self.optimizers()
         inner, step = optimizer.optimizer, self._step
+        if self.direct_steps:  # torch.optim's own calls without their per-call wrappers
+            zero_grad, optimizer_step = direct_zero_grad(inner), direct_step(inner) or inner.step
         steps = 0
         for batch in epoch.batches():
             steps += 1
             loss = step(batch)
             if self.direct_steps:
-                inner.zero_grad()
+                zero_grad()
                 loss.backward()
                 optimizer._on_before_step()  # Lightning's step count (global_step)
-                inner.step()
+                optimizer_step()
                 optimizer._on_after_step()
             else:
                 optimizer.zero_grad()

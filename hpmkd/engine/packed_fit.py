@@ -25,6 +25,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from hpmkd.data.loader import SplitsDataModule
 from hpmkd.data.splits import DataSplits
+from hpmkd.engine.direct_step import direct_step, direct_zero_grad
 from hpmkd.engine.fit import FitResult, without_nvml_probe
 from hpmkd.engine.fused import correct_top_k, sampler_order, skip_loader_seed
 from hpmkd.engine.journal import JournalEpochs
@@ -129,6 +130,10 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     params, buffers = stack_module_state([m.student for m in modules])
     train_forward, eval_forward, set_mode = _pack_forward(modules[0].student, buffers)
     optimizer = first.module.optimizer_factory(list(params.values()))
+    zero_grad, optimizer_step = (
+        direct_zero_grad(optimizer),
+        direct_step(optimizer) or optimizer.step,
+    )
     scheduler = first.module.scheduler_factory
     scheduler = scheduler(optimizer) if scheduler is not None else None
     has_val = len(splits.y_val) > 0
@@ -193,9 +198,9 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
                     for term, value in terms.items():
                         steps.setdefault((g, term), []).append(value.detach())
                     total = total + terms["loss"].sum()
-                optimizer.zero_grad()
+                zero_grad()
                 total.backward()
-                optimizer.step()
+                optimizer_step()
                 global_step += 1
             set_mode(False)
             with torch.no_grad():
