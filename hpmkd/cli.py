@@ -486,13 +486,20 @@ def console_main() -> NoReturn:
     The interpreter's teardown after main (module teardown, torch's C++ destructors) took 1.6 s
     of every call; by then results are written atomically and closed, and :func:`_finish` does
     the rest of a normal exit. Exceptions other than SystemExit (bugs, KeyboardInterrupt) take
-    Python's own exit: traceback, status 1 (an interrupt: SIGINT's).
+    Python's own exit: traceback, status 1 (an interrupt: SIGINT's). Under a profiler or a
+    tracer (``python -m cProfile``, coverage), which write their output after main returns, the
+    process exits as Python's would.
     """
+    observed = sys.getprofile() is not None or sys.gettrace() is not None
     try:
         main()
         status = 0
     except SystemExit as stop:
+        if observed:
+            raise
         status = _exit_status(stop.code)
+    if observed:
+        sys.exit(status)
     os._exit(_finish(status))
 
 

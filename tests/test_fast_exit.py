@@ -139,3 +139,13 @@ def test_a_run_leaves_its_log_and_results_complete(tmp_path: Path) -> None:
     assert log.endswith("\n")
     # the run's last log line: the teacher prediction cache's count, written after the fit
     assert "teacher cache: 0 hits, 1293 misses" in log.splitlines()[-1]
+
+
+def test_a_profiler_still_writes_its_output(tmp_path: Path) -> None:
+    """cProfile writes its file after the program returns: under it the exit is Python's own."""
+    profile = tmp_path / "hpmkd.prof"
+    command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "hpmkd.cli", "--version"]
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(tmp_path), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"hpmkd {version('hpmkd')}"
+    assert profile.stat().st_size > 0
