@@ -145,12 +145,13 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     forms = [batched_form(method) for method, _ in groups]
     member_group = _member_groups(groups, len(requests))
     tables = _teacher_tables(modules, splits)
+    offsets = None
     if tables is not None:  # what each member's loss terms read of its teacher
-        tables = torch.stack([
+        tables, which = _distinct([
             table if (form := forms[member_group[k]]) is None else form.teacher_rows(table)
             for k, table in enumerate(tables)
         ])  # fmt: skip
-    offsets = torch.arange(len(requests)).unsqueeze(1) * len(splits.y_train)  # rows of a table
+        offsets = which.unsqueeze(1) * len(splits.y_train)  # each member's rows of the tables
     n, batch_size = len(splits.y_train), first.datamodule.batch_size
     sizes = torch.tensor(
         [min(batch_size, n - s) for s in range(0, n, batch_size)], dtype=torch.float
@@ -266,6 +267,20 @@ def _teacher_tables(modules: Sequence[Any], splits: DataSplits) -> Tensor | None
         module.teacher.to(x.device)
         tables.append(module.teacher(x, index, view).logits)
     return torch.stack(tables)
+
+
+def _distinct(tables: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """The distinct ones of the members' teacher tables, stacked, and each member's position in
+    them: the members of a seed sweep share one teacher, and one table a fraction of the size
+    makes the epoch's gather of rows several times faster."""
+    distinct: list[Tensor] = []
+    which = []
+    for table in tables:
+        same = [u for u, seen in enumerate(distinct) if torch.equal(seen, table)]
+        if not same:
+            distinct.append(table)
+        which.append(same[0] if same else len(distinct) - 1)
+    return torch.stack(distinct), torch.tensor(which)
 
 
 def _settings(method: DistillMethod) -> tuple:
