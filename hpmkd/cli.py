@@ -10,6 +10,7 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from hpmkd.errors import UserError
+from hpmkd.process_exit import exit_status, exit_without_teardown, observed
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -431,76 +432,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_fail(str(err)))
 
 
-def _exit_status(code: object) -> int:
-    """The exit status of ``sys.exit(code)``, as Python gives it: None is 0, an int itself, and
-    anything else is printed to stderr and gives 1."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code
-    try:
-        print(code, file=sys.stderr)
-    except Exception:  # noqa: BLE001 - stderr gone: Python stays silent too
-        pass
-    return 1
-
-
-def _finish(status: int) -> int:
-    """What the interpreter does at exit short of its teardown: wait for non-daemon threads (and
-    concurrent.futures' exit hooks), run the atexit handlers (logging.shutdown closes train.log;
-    multiprocessing, wandb), flush stdout and stderr. Returns ``status``, or 120 where a flush
-    fails, as Python; a reader gone (``hpmkd models | head``) costs no traceback."""
-    import atexit
-    import threading
-
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None and not getattr(stream, "closed", False):
-                stream.flush()
-        except BrokenPipeError:
-            status = 120
-        except Exception as err:  # noqa: BLE001 - Python reports these and exits with 120
-            status = 120
-            if stream is sys.stdout:
-                try:
-                    print(f"Exception ignored flushing stdout: {err!r}", file=sys.stderr)
-                    sys.stderr.flush()
-                except Exception:  # noqa: BLE001
-                    pass
-    try:  # what native libraries printed through C's stdio (a pipe buffers it)
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
-    except Exception:  # noqa: BLE001 - no C library by that name (Windows)
-        pass
-    return status
-
-
 def console_main() -> NoReturn:
-    """The ``hpmkd`` command (and ``python -m hpmkd.cli``): :func:`main`, then ``os._exit``.
-
-    The interpreter's teardown after main (module teardown, torch's C++ destructors) took 1.6 s
-    of every call; by then results are written atomically and closed, and :func:`_finish` does
-    the rest of a normal exit. Exceptions other than SystemExit (bugs, KeyboardInterrupt) take
-    Python's own exit: traceback, status 1 (an interrupt: SIGINT's). Under a profiler or a
-    tracer (``python -m cProfile``, coverage), which write their output after main returns, the
-    process exits as Python's would.
-    """
-    observed = sys.getprofile() is not None or sys.gettrace() is not None
+    """The ``hpmkd`` command (and ``python -m hpmkd.cli``): :func:`main`, then the process ends
+    without the interpreter's teardown (``hpmkd.process_exit``). Exceptions other than
+    SystemExit (bugs, KeyboardInterrupt) take Python's own exit: traceback, status 1 (an
+    interrupt: SIGINT's)."""
     try:
         main()
         status = 0
     except SystemExit as stop:
-        if observed:
+        if observed():
             raise
-        status = _exit_status(stop.code)
-    if observed:
-        sys.exit(status)
-    os._exit(_finish(status))
+        status = exit_status(stop.code)
+    exit_without_teardown(status)
 
 
 if __name__ == "__main__":

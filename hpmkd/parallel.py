@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from hpmkd.process_exit import exit_without_teardown
+
 DEVICE_ENV = "HPMKD_DEVICE"
 _THREAD_ENVS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _KILL_AFTER_S = 5.0
@@ -205,6 +207,7 @@ def _child_main(conn: Connection, payload: bytes, env: dict[str, str]) -> None:
     except Exception as err:  # the return value does not pickle
         conn.send((False, f"cannot return the value: {_describe(err)}"))
     conn.close()
+    exit_without_teardown(0)  # the parent has the result; its slot is free 1.6 s sooner
 
 
 def _wait_for_exits(running: list[_Running]) -> list[_Running]:

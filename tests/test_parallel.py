@@ -38,6 +38,13 @@ def hard_exit(code: int) -> None:
     os._exit(code)
 
 
+def leave_at_exit(marker: str) -> int:
+    import atexit
+
+    atexit.register(lambda: Path(marker).write_text("ran"))
+    return 7
+
+
 def kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -220,3 +227,11 @@ def test_an_interrupt_terminates_running_children(tmp_path: Path):
     assert time.perf_counter() - start < 30
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid_file.read_text()), 0)
+
+
+def test_a_child_ends_after_its_exit_handlers(tmp_path: Path) -> None:
+    """A child ends without the interpreter's teardown, but after its atexit handlers."""
+    marker = tmp_path / "atexit"
+    (result,) = run_jobs([Job("j", leave_at_exit, (str(marker),))], workers=1)
+    assert result.ok and result.value == 7
+    assert marker.read_text() == "ran"
