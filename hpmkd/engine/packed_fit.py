@@ -185,7 +185,7 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
                 logits = train_forward(params, xs_epoch[:, start:end])
                 ys = ys_epoch[:, start:end]
                 teacher = None if teacher_epoch is None else teacher_epoch[:, start:end]
-                total = torch.zeros(())
+                group_losses = []
                 for g, (method, group) in enumerate(groups):
                     form = forms[g]
                     if group is None:  # every member
@@ -198,8 +198,9 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
                     loss_terms[g] = names
                     for term, value in terms.items():
                         steps.setdefault((g, term), []).append(value.detach())
-                    total = total + terms["loss"].sum()
+                    group_losses.append(terms["loss"].sum())
                 zero_grad()
+                total = group_losses[0] if len(groups) == 1 else torch.stack(group_losses).sum()
                 total.backward()
                 optimizer_step()
                 global_step += 1

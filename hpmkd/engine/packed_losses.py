@@ -56,5 +56,9 @@ def batched_form(method: DistillMethod) -> BatchedTerms | None:
 
 def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Per member: the mean cross-entropy of its batch, in fp32 (``functional.cross_entropy``)."""
-    per_sample = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")
-    return per_sample.mean(1)
+    members, batch, classes = logits.shape
+    # rows of classes, as a fit alone's batch is laid out (the fast path of log_softmax)
+    flat = F.cross_entropy(
+        logits.float().reshape(-1, classes), labels.reshape(-1), reduction="none"
+    )
+    return flat.view(members, batch).mean(1)
