@@ -23,6 +23,7 @@ from hpmkd.engine.context import LAST_CHECKPOINT, RunContext
 from hpmkd.engine.ddp import is_global_zero
 from hpmkd.engine.journal import Journal, read_journal, segments
 from hpmkd.engine.model_config import student_at_ratio
+from hpmkd.engine.packed import PACKED_CHECKPOINT, current_member
 from hpmkd.engine.teacher_cache import cache_summary
 from hpmkd.errors import UserError
 from hpmkd.hpm.history import append_run
@@ -192,7 +193,8 @@ def resolve_resume(cfg: DictConfig, out_dir: Path, key: str) -> tuple[Path | Non
 
 
 def _check_checkpoints(run_dir: Path) -> None:
-    for path in sorted(run_dir.rglob(LAST_CHECKPOINT.name)):
+    names = (LAST_CHECKPOINT.name, PACKED_CHECKPOINT.name)
+    for path in sorted(found for name in names for found in run_dir.rglob(name)):
         check_checkpoint(path)
 
 
@@ -205,6 +207,8 @@ def continue_in(cfg: DictConfig, out_dir: Path, run_dir: Path) -> Path:
         )
         with open_dict(cfg):
             cfg.paths.output_dir = str(run_dir)
+        if (member := current_member()) is not None:  # its student's fit is the one to pack
+            member.run_dir = run_dir.resolve()
     log.info("resuming the interrupted run in %s", run_dir)
     return run_dir
 

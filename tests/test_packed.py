@@ -175,3 +175,67 @@ def test_a_packed_member_logs_the_rows_the_member_alone_logs(
                 assert our_row[column] == value, column
             else:
                 assert float(our_row[column]) == pytest.approx(float(value), rel=1e-5), column
+
+
+# resumed packed again, or each member alone (Hydra's default launcher): a pack of one
+@pytest.mark.parametrize("relaunch", ["pack=true", "pack=false"])
+def test_a_killed_pack_resumes_each_member_where_its_checkpoint_left_it(
+    run_cli: Callable[..., CliRun], hpmkd_env: Path, relaunch: str
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [*QUICK, "recipe.epochs=300", "checkpoint_every_s=0", "seed=0,1"]
+    killed = hpmkd_env / "outputs" / "killed"
+    journal = killed / "1" / "journal.jsonl"
+
+    def epochs_done() -> int:
+        lines = journal.read_text().splitlines() if journal.is_file() else []
+        events = [json.loads(line) for line in lines if line.strip()]
+        done = [e["epoch"] for e in events if e["event"] == "epoch" and e["unit"] == "student"]
+        return max(done, default=0)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpmkd.cli", "train", "-m", *args, "pack=true",
+         f"hydra.sweep.dir={killed}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        while epochs_done() < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the pack never reached epoch 3"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (killed / "1" / "results.json").exists(), "killed too late: the pack had finished"
+    saved = torch.load(killed / "1" / "checkpoints" / "packed_last.ckpt", weights_only=True)
+
+    resumed = run_cli(
+        "train", "-m", *args, relaunch, "resume=true", f"hydra.sweep.dir={hpmkd_env / 'r'}"
+    )
+    assert resumed.code == 0, resumed.err
+    packed_again = "2 student fits packed as one model" in resumed.out + resumed.err
+    assert packed_again == (relaunch == "pack=true")
+    clean = run_cli("train", "-m", *args, "pack=true", f"hydra.sweep.dir={hpmkd_env / 'clean'}")
+    assert clean.code == 0, clean.err
+    for num in (0, 1):
+        ours, our_student = _member(hpmkd_env / "outputs", "killed", num)
+        theirs, their_student = _member(hpmkd_env, "clean", num)
+        assert ours["status"] == "completed"
+        for name, value in their_student.items():
+            torch.testing.assert_close(our_student[name], value)
+        assert ours["val_acc_history"] == pytest.approx(theirs["val_acc_history"])
+        for key in ("test_acc", "test_acc_best", "best_epoch"):
+            assert ours[key] == pytest.approx(theirs[key])
+        lines = (hpmkd_env / "outputs" / "killed" / str(num) / "journal.jsonl").read_text()
+        starts = [
+            e["epoch"] for e in map(json.loads, lines.splitlines())
+            if e["event"] == "fit_start" and e["unit"] == "student"
+        ]  # fmt: skip
+        assert starts[0] == 0 and starts[1] >= saved["epochs_done"] >= 3  # not from scratch

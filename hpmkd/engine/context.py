@@ -32,6 +32,7 @@ from hpmkd.engine.hparams import fit_hparams
 from hpmkd.engine.journal import Journal, JournalEpochs
 from hpmkd.engine.model_config import model_params
 from hpmkd.engine.module import DistillModule
+from hpmkd.engine.packed import PACKED_CHECKPOINT
 from hpmkd.engine.perf import (
     CompiledForward,
     PerfSwitches,
@@ -283,9 +284,12 @@ class RunContext:
         return result
 
     def unit_checkpoint(self, out_dir: Path) -> str | None:
-        """The checkpoint an interrupted fit in ``out_dir`` left, when this run resumes."""
-        path = out_dir / LAST_CHECKPOINT
-        return str(path) if self.resuming and path.is_file() else None
+        """The checkpoint an interrupted fit in ``out_dir`` left, when this run resumes: its
+        ``last.ckpt``, or a packed member's ``packed_last.ckpt``."""
+        if not self.resuming:
+            return None
+        found = [out_dir / name for name in (LAST_CHECKPOINT, PACKED_CHECKPOINT)]
+        return next((str(path) for path in found if path.is_file()), None)
 
     def keep_metrics(self, out_dir: Path) -> None:
         """Lightning's CSV logger deletes an existing metrics.csv: keep the interrupted

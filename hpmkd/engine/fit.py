@@ -23,7 +23,7 @@ from hpmkd.data.loader import SplitsDataModule, split_size
 from hpmkd.engine.checkpoints import fit_checkpoints
 from hpmkd.engine.fused import FusedEpochs, direct_steps, fused_refusal, fused_trainer
 from hpmkd.engine.module import DistillModule
-from hpmkd.engine.packed import FitRequest, current_member
+from hpmkd.engine.packed import PACKED_CHECKPOINT, FitRequest, current_member
 from hpmkd.engine.progress import RunProgressBar
 from hpmkd.errors import UserError
 
@@ -274,16 +274,27 @@ def fit(
     """Train, then test with the last and the best-validation weights. The student's fit of a
     packed sweep member is handed to its pack (``engine/packed.py``) where it can be packed."""
     member = current_member()
-    if member is not None and ckpt_path is None and out_dir.resolve() == member.run_dir:
-        from hpmkd.engine.packed_fit import pack_refusal
+    packed_resume = ckpt_path is not None and Path(ckpt_path).name == PACKED_CHECKPOINT.name
+    in_pack = member is not None and out_dir.resolve() == member.run_dir
+    if packed_resume or (in_pack and ckpt_path is None):
+        from hpmkd.engine.packed_checkpoint import read_member_checkpoint
+        from hpmkd.engine.packed_fit import pack_refusal, train_pack
 
-        request = FitRequest(module, datamodule, out_dir, epochs, dict(trainer_kwargs),
-                             loggers, list(callbacks), torch.get_rng_state())  # fmt: skip
+        resume = read_member_checkpoint(ckpt_path) if ckpt_path and packed_resume else None
+        request = FitRequest(
+            module, datamodule, out_dir, epochs, dict(trainer_kwargs), loggers, list(callbacks),
+            torch.get_rng_state(), checkpoint_every_s, resume,
+        )  # fmt: skip
         refusal = pack_refusal(request)
-        if refusal is None and (packed := member.hand_over(request)) is not None:
+        if in_pack and refusal is None and (packed := member.hand_over(request)) is not None:
             return packed
-        if refusal is not None:
+        if in_pack and refusal is not None:
             log.info("%s not packed, trained alone: %s", member.name, refusal)
+        if packed_resume and refusal is None:  # continued as a pack of one
+            return train_pack([request])[0]
+        if packed_resume:
+            log.info("%s cannot be continued here (%s): trained from its start", ckpt_path, refusal)
+            ckpt_path = None
     has_val = split_size(datamodule.splits, "val") > 0
     history = EpochHistory()
     trainer, checkpoint = make_trainer(

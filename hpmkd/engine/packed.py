@@ -24,6 +24,9 @@ from lightning.pytorch.loggers import Logger
 
 _local = threading.local()
 
+# A packed member's resumable checkpoint: its slice of the pack's state (packed_fit.py)
+PACKED_CHECKPOINT = Path("checkpoints") / "packed_last.ckpt"
+
 
 @dataclass
 class FitRequest:
@@ -37,6 +40,8 @@ class FitRequest:
     loggers: Sequence[Logger] | bool
     callbacks: Sequence[Callback]
     rng_state: Any  # the global torch RNG state when the fit started (its batch order)
+    checkpoint_every_s: float = 0.0
+    resume: dict[str, Any] | None = None  # the member's packed checkpoint, when it continues one
 
 
 @dataclass

@@ -30,6 +30,7 @@ from hpmkd.engine.fit import FitResult, without_nvml_probe
 from hpmkd.engine.fused import correct_top_k, sampler_order, skip_loader_seed
 from hpmkd.engine.journal import JournalEpochs
 from hpmkd.engine.packed import FitRequest
+from hpmkd.engine.packed_checkpoint import MemberState, restore_members, save_members
 from hpmkd.engine.packed_losses import BatchedTerms, batched_form
 from hpmkd.engine.stacked_mlp import stacked_forward
 from hpmkd.engine.teacher_cache import CacheCounts
@@ -91,6 +92,7 @@ def pack_signature(request: FitRequest) -> tuple:
         partial(module.optimizer_factory),
         partial(module.scheduler_factory),
         module.teacher is None,
+        None if request.resume is None else request.resume["epochs_done"],
     )
 
 
@@ -130,17 +132,17 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     params, buffers = stack_module_state([m.student for m in modules])
     train_forward, eval_forward, set_mode = _pack_forward(modules[0].student, buffers)
     optimizer = first.module.optimizer_factory(list(params.values()))
+    scheduler = first.module.scheduler_factory
+    scheduler = scheduler(optimizer) if scheduler is not None else None
+    start, global_step, members = restore_members(list(requests), params, optimizer, scheduler)
     zero_grad, optimizer_step = (
         direct_zero_grad(optimizer),
         direct_step(optimizer) or optimizer.step,
     )
-    scheduler = first.module.scheduler_factory
-    scheduler = scheduler(optimizer) if scheduler is not None else None
     has_val = len(splits.y_val) > 0
-    states = [r.rng_state for r in requests]
     rng = torch.get_rng_state()
     for r in requests:
-        _callbacks(r, "on_train_start", 0)
+        _callbacks(r, "on_train_start", start)
     groups = _loss_groups(modules)
     forms = [batched_form(method) for method, _ in groups]
     member_group = _member_groups(groups, len(requests))
@@ -156,18 +158,14 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     sizes = torch.tensor(
         [min(batch_size, n - s) for s in range(0, n, batch_size)], dtype=torch.float
     )
-    val_history: list[list[float]] = [[] for _ in requests]
-    curves: list[dict[str, list[float | None]]] = [{} for _ in requests]
-    best: list[dict[str, Tensor] | None] = [None] * len(requests)
-    best_acc = [-1.0] * len(requests)
-    global_step = 0
     loss_terms: dict[int, tuple[str, ...]] = {}  # per loss group: its method's loss terms
     top5 = splits.num_classes > 10
+    saved_at = time.monotonic()
     with without_nvml_probe():
-        for epoch in range(first.epochs):
+        for epoch in range(start, first.epochs):
             orders = []
-            for k in range(len(requests)):
-                order, states[k] = _draw(states[k], n, has_val)
+            for member in members:
+                order, member.rng_state = _draw(member.rng_state, n, has_val)
                 orders.append(order)
             stacked = torch.stack(orders)  # [members, samples]: each member's sample order
             # the epoch's inputs, labels and teacher rows in each member's order; a batch is a slice
@@ -210,13 +208,13 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
                 accs = _accuracy(val_logits, splits.y_val)
                 accs5 = _accuracy(val_logits, splits.y_val, 5) if top5 else None
             sums = _epoch_sums(steps, sizes, groups, len(requests))
-            for k, r in enumerate(requests):
+            for k, (r, member) in enumerate(zip(requests, members, strict=True)):
                 means = {t: v / n for t, v in sums[k].items()}
                 temperature = getattr(r.module.method, "temperature", None)
                 if temperature is not None:
                     means["temperature"] = float(temperature)
                 for name, value in means.items():
-                    curve = curves[k].setdefault(name, [])
+                    curve = member.curves.setdefault(name, [])
                     curve.extend([None] * (epoch - len(curve)))
                     curve.append(value)
                 # as a fit alone logs them: a method's one loss term only as train/loss
@@ -225,28 +223,37 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
                 metrics = {f"train/{t}": v for t, v in means.items() if t not in hidden}
                 if has_val:
                     acc = float(accs[k])
-                    val_history[k].append(100.0 * acc)
+                    member.val_history.append(100.0 * acc)
                     metrics["val/acc"] = acc
                     if accs5 is not None:
                         metrics["val/acc_top5"] = float(accs5[k])
-                    if acc > best_acc[k]:
-                        best_acc[k] = acc
-                        best[k] = {name: p[k].detach().clone() for name, p in params.items()}
+                    if acc > member.best_acc:
+                        member.best_acc = acc
+                        member.best = {name: p[k].detach().clone() for name, p in params.items()}
                 for logger in r.loggers or ():
                     logger.log_metrics(metrics | {"epoch": epoch}, step=global_step - 1)
-                _callbacks(r, "on_train_epoch_end", epoch)
             if scheduler is not None:
                 scheduler.step()
-    train_time = (time.perf_counter() - started) / len(requests)
+            every_s = first.checkpoint_every_s
+            final = epoch + 1 == first.epochs
+            if every_s <= 0 or final or time.monotonic() - saved_at >= every_s:
+                train_s = (time.perf_counter() - started) / len(requests)
+                save_members(
+                    list(requests), members, params, optimizer, scheduler, epoch + 1,
+                    global_step, train_s,
+                )  # fmt: skip
+                saved_at = time.monotonic()
+                for r in requests:  # journaled once a resume would start after it
+                    _callbacks(r, "on_train_epoch_end", epoch)
+    train_s = (time.perf_counter() - started) / len(requests)
     last = {name: p.detach() for name, p in params.items()}
-    results = []
-    for k, r in enumerate(requests):
-        results.append(
-            _finish(r, k, last, best[k], val_history[k], curves[k], train_time, global_step)
-        )
+    results = [
+        _finish(r, k, last, member, member.train_s + train_s, global_step, start)
+        for k, (r, member) in enumerate(zip(requests, members, strict=True))
+    ]
     torch.set_rng_state(rng)
-    for k, r in enumerate(requests):
-        r.rng_state = states[k]
+    for r, member in zip(requests, members, strict=True):
+        r.rng_state = member.rng_state
     return results
 
 
@@ -350,16 +357,14 @@ def _finish(
     request: FitRequest,
     k: int,
     last: dict[str, Tensor],
-    best: dict[str, Tensor] | None,
-    val_history: list[float],
-    curves: dict[str, list[float | None]],
+    member: MemberState,
     train_time: float,
     global_step: int,
+    start_epoch: int,
 ) -> FitResult:
     """Test the member's last and best weights, write its best checkpoint, leave the best
-    weights in its student (as testing the best checkpoint does in a fit alone). No resumable
-    ``last.ckpt`` (it would need Lightning's loop states): a packed member interrupted before
-    its results retrains its student on resume."""
+    weights in its student (as testing the best checkpoint does in a fit alone)."""
+    best = member.best
     module = request.module
     splits: DataSplits = request.datamodule.splits
     student = module.student
@@ -402,12 +407,13 @@ def _finish(
         logger.finalize("success")
     return FitResult(
         epochs=epochs,
-        val_history=val_history,
+        val_history=member.val_history,
         test_acc_last=test_last,
         test_acc_best=test_best,
         test_acc5_last=top5,
         train_time_s=train_time,
-        curves=curves,
+        start_epoch=start_epoch,
+        curves=member.curves,
     )
 
 
