@@ -155,7 +155,9 @@ def test_teachers_of_one_architecture_run_batched_and_match_one_by_one():
             assert torch.allclose(out, torch.stack(one_by_one, dim=1).mean(dim=1), atol=1e-5)
     unbatched = TeacherEnsemble(teachers, batched=False)
     with torch.no_grad():
-        assert torch.equal(unbatched(x), torch.stack(one_by_one, dim=1).mean(dim=1))
+        # the teachers may run on threads of their own, whose convolutions can sum in another
+        # order than the calls above: equal up to rounding
+        torch.testing.assert_close(unbatched(x), torch.stack(one_by_one, dim=1).mean(dim=1))
     assert unbatched.batched_groups == []
 
 
