@@ -38,6 +38,10 @@ def hard_exit(code: int) -> None:
     os._exit(code)
 
 
+def env_value(name: str) -> str | None:
+    return os.environ.get(name)
+
+
 def leave_at_exit(marker: str) -> int:
     import atexit
 
@@ -235,3 +239,22 @@ def test_a_child_ends_after_its_exit_handlers(tmp_path: Path) -> None:
     (result,) = run_jobs([Job("j", leave_at_exit, (str(marker),))], workers=1)
     assert result.ok and result.value == 7
     assert marker.read_text() == "ran"
+
+
+def test_a_child_sees_the_environment_of_when_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork server started by an earlier call still hands each child today's environment."""
+    run_jobs([Job("first", square, (2,))], workers=1)
+    monkeypatch.setenv("HPMKD_TEST_MARK", "set after the first call")
+    (result,) = run_jobs([Job("second", env_value, ("HPMKD_TEST_MARK",))], workers=1)
+    assert result.value == "set after the first call"
+
+
+def test_cpu_slots_fork_from_a_server_and_gpu_slots_spawn() -> None:
+    import multiprocessing as mp
+
+    jobs = [Job("j", square, (1,))]
+    cpu = [parallel._Slot(0, None, {}), parallel._Slot(1, "cpu", {})]
+    gpu = [parallel._Slot(0, "cuda:0", {})]
+    if "forkserver" in mp.get_all_start_methods():
+        assert parallel._context(jobs, cpu).get_start_method() == "forkserver"
+    assert parallel._context(jobs, gpu).get_start_method() == "spawn"
