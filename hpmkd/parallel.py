@@ -119,12 +119,12 @@ def run_jobs(
 
 
 def _context(jobs: Sequence[Job], slots: list[_Slot]) -> Any:
-    """How children start: on CPU slots, forked from a server process that imported the jobs'
-    modules once (torch, Lightning: 5-6 s a process), each job still in a fresh process of its
-    own; with a GPU slot, or where there is no fork server, spawned (a fork must never inherit
-    a CUDA state)."""
+    """How children start: on Linux CPU slots, forked from a server process that imported the
+    jobs' modules once (torch, Lightning: 5-6 s a process), each job still in a fresh process of
+    its own; with a GPU slot spawned (a fork must never inherit a CUDA state), and elsewhere too
+    (macOS's system libraries are not safe to fork after import)."""
     cpu_only = all(slot.device in (None, "cpu") for slot in slots)
-    if not cpu_only or "forkserver" not in mp.get_all_start_methods():
+    if not cpu_only or not sys.platform.startswith("linux"):
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(sorted({job.fn.__module__ for job in jobs}))  # once per process
