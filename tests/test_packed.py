@@ -180,7 +180,10 @@ def test_a_packed_member_logs_the_rows_the_member_alone_logs(
 # resumed packed again, or each member alone (Hydra's default launcher): a pack of one
 @pytest.mark.parametrize("relaunch", ["pack=true", "pack=false"])
 def test_a_killed_pack_resumes_each_member_where_its_checkpoint_left_it(
-    run_cli: Callable[..., CliRun], hpmkd_env: Path, relaunch: str
+    run_cli: Callable[..., CliRun],
+    hpmkd_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    relaunch: str,
 ) -> None:
     import os
     import signal
@@ -221,12 +224,26 @@ def test_a_killed_pack_resumes_each_member_where_its_checkpoint_left_it(
     # a kill between the two members' writes leaves them an epoch apart: each then goes on alone
     one_epoch = saved[0]["epochs_done"] == saved[1]["epochs_done"]
 
+    import hpmkd.engine.packed_fit as packed_fit
+    import hydra_plugins.hpmkd_packed_launcher._launch as launch
+
+    started: list[int] = []  # each resumed fit's start_epoch
+    train_pack = packed_fit.train_pack
+
+    def spy(requests: list) -> list:
+        results = train_pack(requests)
+        started.extend(result.start_epoch for result in results)
+        return results
+
+    monkeypatch.setattr(packed_fit, "train_pack", spy)
+    monkeypatch.setattr(launch, "train_pack", spy)
     resumed = run_cli(
         "train", "-m", *args, relaunch, "resume=true", f"hydra.sweep.dir={hpmkd_env / 'r'}"
     )
     assert resumed.code == 0, resumed.err
     packed_again = "2 student fits packed as one model" in resumed.out + resumed.err
     assert packed_again == (relaunch == "pack=true" and one_epoch)
+    assert sorted(started) == sorted(s["epochs_done"] for s in saved)
     clean = run_cli("train", "-m", *args, "pack=true", f"hydra.sweep.dir={hpmkd_env / 'clean'}")
     assert clean.code == 0, clean.err
     for num in (0, 1):

@@ -134,7 +134,9 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     optimizer = first.module.optimizer_factory(list(params.values()))
     scheduler = first.module.scheduler_factory
     scheduler = scheduler(optimizer) if scheduler is not None else None
-    start, global_step, members = restore_members(list(requests), params, optimizer, scheduler)
+    first_epoch, global_step, members = restore_members(
+        list(requests), params, optimizer, scheduler
+    )
     zero_grad, optimizer_step = (
         direct_zero_grad(optimizer),
         direct_step(optimizer) or optimizer.step,
@@ -142,7 +144,7 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     has_val = len(splits.y_val) > 0
     rng = torch.get_rng_state()
     for r in requests:
-        _callbacks(r, "on_train_start", start)
+        _callbacks(r, "on_train_start", first_epoch)
     groups = _loss_groups(modules)
     forms = [batched_form(method) for method, _ in groups]
     member_group = _member_groups(groups, len(requests))
@@ -162,7 +164,7 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     top5 = splits.num_classes > 10
     saved_at = time.monotonic()
     with without_nvml_probe():
-        for epoch in range(start, first.epochs):
+        for epoch in range(first_epoch, first.epochs):
             orders = []
             for member in members:
                 order, member.rng_state = _draw(member.rng_state, n, has_val)
@@ -248,7 +250,7 @@ def train_pack(requests: Sequence[FitRequest]) -> list[FitResult]:
     train_s = (time.perf_counter() - started) / len(requests)
     last = {name: p.detach() for name, p in params.items()}
     results = [
-        _finish(r, k, last, member, member.train_s + train_s, global_step, start)
+        _finish(r, k, last, member, member.train_s + train_s, global_step, first_epoch)
         for k, (r, member) in enumerate(zip(requests, members, strict=True))
     ]
     torch.set_rng_state(rng)
